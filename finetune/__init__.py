@@ -1,0 +1,1 @@
+"""LoRA finetuning of the answer model."""

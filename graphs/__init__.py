@@ -1,0 +1,1 @@
+"""LangGraph graphs and nodes (issue: the LangGraph solver)."""

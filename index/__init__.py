@@ -1,0 +1,1 @@
+"""FAISS retrieval of solved questions."""

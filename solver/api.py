@@ -1,0 +1,61 @@
+"""The Python API: `Solver.from_config(path_or_None).solve(question, choices)`."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from solver.backbone import Backbone, make_backbone
+from solver.config import SolverConfig, load_config
+from solver.prompts import PromptTooLong, answer_prompt
+from solver.types import Prediction, Question
+
+
+class Solver:
+    """Answers questions with one batched backbone call per batch.
+
+    `stats` counts what a report must show: questions whose text was cut to fit the
+    context, and replies that could not be read.
+    """
+
+    def __init__(self, config: SolverConfig, backbone: Backbone | None = None):
+        self.config = config
+        self.backbone = backbone or make_backbone(config.backbone)
+        self.stats: Counter = Counter()
+
+    @classmethod
+    def from_config(cls, path: str | Path | None = None) -> "Solver":
+        return cls(load_config(path))
+
+    def solve(self, question: str | Question, choices: list[str] | None = None) -> Prediction:
+        if not isinstance(question, Question):
+            if not choices or len(choices) < 2:
+                raise ValueError("a question needs at least 2 choices")
+            question = Question(task_id="q", question=question, choices=list(choices))
+        return self.solve_batch([question])[0]
+
+    def solve_batch(self, questions: list[Question]) -> list[Prediction]:
+        prompts, asked, preds = [], [], {}
+        for q in questions:
+            try:
+                prompt, cut = answer_prompt(q, self.backbone.tokenizer, self.backbone.max_model_len)
+            except PromptTooLong as e:
+                self.stats["unread"] += 1
+                preds[q.task_id] = Prediction(task_id=q.task_id, letter=None, trace=[{"step": "answer", "error": str(e)}])
+                continue
+            self.stats["truncated"] += cut
+            prompts.append(prompt)
+            asked.append((q, cut))
+        results = self.backbone.choose(prompts, [q.letters for q, _ in asked]) if prompts else []
+        for (q, cut), probs in zip(asked, results):
+            step = {"step": "answer", "backbone": self.backbone.name, "probabilities": probs, "truncated": cut}
+            if probs is None:
+                self.stats["unread"] += 1
+                preds[q.task_id] = Prediction(task_id=q.task_id, letter=None, trace=[step])
+            else:
+                letter = max(probs, key=probs.get)
+                preds[q.task_id] = Prediction(task_id=q.task_id, letter=letter, probabilities=probs, trace=[step])
+        return [preds[q.task_id] for q in questions]
+
+    def close(self) -> None:
+        self.backbone.close()

@@ -1,0 +1,148 @@
+"""The `solver` command line: run (a submission CSV) and eval (accuracy on labelled data).
+
+Bad input exits with status 2 and one line naming file, row and field; nothing is
+written before the input has been read and validated whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+# An in-process engine: no spawned engine process to outlive a killed run. Quiet logs.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from solver.backbone import BackboneError  # noqa: E402
+from solver.config import ConfigError, load_config  # noqa: E402
+from solver.data import DataError, Loaded, load_questions, split_of  # noqa: E402
+from solver.journal import Journal, atomic_write, submission_csv, traces_jsonl  # noqa: E402
+from solver.models import ModelError  # noqa: E402
+from solver.runner import answer_all, fingerprint, score  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+out = Console()
+err = Console(stderr=True)
+USER_ERRORS = (DataError, ConfigError, ModelError)
+
+
+def fail(message: str, code: int = 2):
+    err.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _journal_path(path: Path) -> Path:
+    return path.with_name(path.name + ".journal.jsonl")
+
+
+def _skipped(loaded: Loaded) -> str:
+    parts = [f"{n} {why}" for why, n in loaded.skipped.items()]
+    if loaded.relabelled:
+        parts.append(f"{loaded.relabelled} labels normalised")
+    return f" (skipped rows: {', '.join(parts)})" if parts else ""
+
+
+def _solve(config, data: Path, questions, journal_path: Path, quiet: bool):
+    """Answer with journaling; returns predictions, a solver's stats, fresh count and seconds."""
+    from solver.api import Solver
+
+    journal = Journal(journal_path, fingerprint(data, config.model_dump_json()))
+    if journal.resumed and journal.done:
+        err.print(f"resuming: {len(journal.done)} answers in {journal_path}", highlight=False)
+    made = []
+
+    def make():
+        made.append(Solver(config))
+        return made[0]
+
+    try:
+        preds, fresh, secs = answer_all(make, questions, journal, config.answer.batch_size, quiet)
+    finally:
+        journal.close()
+    stats = made[0].stats if made else {}
+    return preds, stats, fresh, secs
+
+
+@app.command()
+def run(
+    input: Path = typer.Option(..., "--input", "-i", help="Questions: Kaggle CSV, JSONL or parquet."),
+    output: Path = typer.Option(..., "--output", "-o", help="Submission CSV (task_id,answer)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Solver YAML config."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Answer only the first N questions."),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="Write each question's trace (JSONL)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Answer a questions file and write a submission CSV; resumable."""
+    try:
+        cfg = load_config(config)
+        questions = load_questions(input).questions[:limit]
+        preds, stats, fresh, secs = _solve(cfg, input, questions, _journal_path(output), quiet)
+    except USER_ERRORS as e:
+        fail(str(e))
+    except BackboneError as e:
+        fail(str(e), 1)
+    unread = [q.task_id for q in questions if not preds[q.task_id].read]
+    if trace:
+        atomic_write(trace, traces_jsonl(questions, preds))
+    if unread:
+        fail(f"{len(unread)} answers could not be read (first: {unread[0]}); answered ones are journaled, run again to retry", 1)
+    atomic_write(output, submission_csv(questions, preds))
+    out.print(f"wrote {output.resolve()} ({len(questions)} answers; {fresh} new at "
+              f"{fresh / secs if secs and fresh else 0:.2f} q/s; {stats.get('truncated', 0)} cut to fit the context)", highlight=False)
+    labelled = [q for q in questions if q.answer]
+    if labelled:
+        s = score(labelled, preds)
+        out.print(f"accuracy on the {s['count']} labelled questions: {s['accuracy']:.3f}", highlight=False)
+
+
+@app.command("eval")
+def evaluate(
+    data: Path = typer.Option(..., "--data", "-d", help="Labelled questions (CSV, JSONL or parquet)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Solver YAML config."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N questions."),
+    split: str = typer.Option("all", "--split", help="all, or the fixed hash split: train, dev or test."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON (resumable beside it)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Accuracy (overall, per group, with a 95% interval) on labelled data."""
+    if split not in ("all", "train", "dev", "test"):
+        fail(f"--split: '{split}' is not one of all, train, dev, test")
+    try:
+        cfg = load_config(config)
+        loaded = load_questions(data, labelled=True)
+        questions = [q for q in loaded.questions if split == "all" or split_of(q.task_id) == split][:limit]
+        jpath = _journal_path(json_out) if json_out else Path(".cache") / f"eval-{cfg.name}-{data.stem}-{split}.journal.jsonl"
+        preds, stats, fresh, secs = _solve(cfg, data, questions, jpath, quiet)
+    except USER_ERRORS as e:
+        fail(str(e))
+    except BackboneError as e:
+        fail(str(e), 1)
+    m = score(questions, preds)
+    m.update(config=cfg.name, data=str(data), split=split, truncated=stats.get("truncated", 0),
+             skipped_rows=dict(loaded.skipped), labels_normalised=loaded.relabelled,
+             seconds=round(secs, 2), questions_per_s=round(fresh / secs, 3) if secs and fresh else None)
+    lo, hi = m["interval95"]
+    out.print(f"accuracy {m['accuracy']:.4f} [{lo:.3f}, {hi:.3f}] on {m['count']} questions "
+              f"({m['unread']} unread, {m['truncated']} cut){_skipped(loaded)}", highlight=False)
+    for g, v in m["groups"].items():
+        out.print(f"  {g:>20}: {v['accuracy']:.4f} ({v['count']})", highlight=False)
+    if m["questions_per_s"]:
+        out.print(f"{m['questions_per_s']:.2f} questions/s", highlight=False)
+    if json_out:
+        atomic_write(json_out, json.dumps(m, indent=2) + "\n")
+
+
+def main():  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

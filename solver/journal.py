@@ -1,0 +1,80 @@
+"""Resumable runs: predictions are journaled as they come; outputs are written atomically.
+
+The journal is append-only JSONL whose first line is the run's fingerprint (input
+file + config). A killed run loses at most the batch in flight; a torn last line is
+dropped. Running again with the same arguments reuses every journaled answer.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+from solver.types import Prediction, Question
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write a whole file or nothing: a reader never sees half of it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("w", encoding="utf-8", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Journal:
+    def __init__(self, path: Path, fingerprint: str):
+        self.path = Path(path)
+        self.done: dict[str, Prediction] = {}
+        self.resumed = False
+        if self.path.is_file():
+            data = self.path.read_bytes()
+            data = data[: data.rfind(b"\n") + 1]  # drop a line torn by a kill
+            lines = data.decode("utf-8").splitlines()
+            if lines and json.loads(lines[0]).get("fingerprint") == fingerprint:
+                for line in lines[1:]:
+                    p = Prediction.model_validate_json(line)
+                    self.done[p.task_id] = p
+                self.resumed = True
+                with self.path.open("r+b") as f:
+                    f.truncate(len(data))
+        if not self.resumed:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, json.dumps({"fingerprint": fingerprint}) + "\n")
+        self._f = self.path.open("a", encoding="utf-8")
+
+    def add(self, predictions: list[Prediction]) -> None:
+        for p in predictions:
+            self._f.write(p.model_dump_json() + "\n")
+            self.done[p.task_id] = p
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def submission_csv(questions: list[Question], preds: dict[str, Prediction]) -> str:
+    """`task_id,answer` in input order; refuses to write a letter that is not valid."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["task_id", "answer"])
+    for q in questions:
+        letter = preds[q.task_id].letter
+        if letter not in q.letters:
+            raise ValueError(f"{q.task_id}: answer {letter!r} is not one of {q.letters}")
+        w.writerow([q.task_id, letter])
+    return buf.getvalue()
+
+
+def traces_jsonl(questions: list[Question], preds: dict[str, Prediction]) -> str:
+    return "".join(
+        json.dumps({"task_id": q.task_id, "letter": preds[q.task_id].letter,
+                    "probabilities": preds[q.task_id].probabilities, "trace": preds[q.task_id].trace}) + "\n"
+        for q in questions if q.task_id in preds
+    )

