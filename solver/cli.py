@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -37,6 +38,19 @@ USER_ERRORS = (DataError, ConfigError, ModelError)
 def fail(message: str, code: int = 2):
     err.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+@contextmanager
+def reported():
+    """User errors exit 2 with one line; a failed backbone or Ctrl-C exits non-zero, also one line."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        fail(str(e))
+    except BackboneError as e:
+        fail(str(e), 1)
+    except KeyboardInterrupt:
+        fail("interrupted: the answers so far are journaled; run the same command again to resume", 130)
 
 
 def _journal_path(path: Path) -> Path:
@@ -81,14 +95,10 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Answer a questions file and write a submission CSV; resumable."""
-    try:
+    with reported():
         cfg = load_config(config)
         questions = load_questions(input).questions[:limit]
         preds, stats, fresh, secs = _solve(cfg, input, questions, _journal_path(output), quiet)
-    except USER_ERRORS as e:
-        fail(str(e))
-    except BackboneError as e:
-        fail(str(e), 1)
     unread = [q.task_id for q in questions if not preds[q.task_id].read]
     if trace:
         atomic_write(trace, traces_jsonl(questions, preds))
@@ -115,16 +125,12 @@ def evaluate(
     """Accuracy (overall, per group, with a 95% interval) on labelled data."""
     if split not in ("all", "train", "dev", "test"):
         fail(f"--split: '{split}' is not one of all, train, dev, test")
-    try:
+    with reported():
         cfg = load_config(config)
         loaded = load_questions(data, labelled=True)
         questions = [q for q in loaded.questions if split == "all" or split_of(q.task_id) == split][:limit]
         jpath = _journal_path(json_out) if json_out else Path(".cache") / f"eval-{cfg.name}-{data.stem}-{split}.journal.jsonl"
         preds, stats, fresh, secs = _solve(cfg, data, questions, jpath, quiet)
-    except USER_ERRORS as e:
-        fail(str(e))
-    except BackboneError as e:
-        fail(str(e), 1)
     m = score(questions, preds)
     m.update(config=cfg.name, data=str(data), split=split, truncated=stats.get("truncated", 0),
              skipped_rows=dict(loaded.skipped), labels_normalised=loaded.relabelled,

@@ -43,6 +43,8 @@ def clean_label(raw: object) -> str | None:
 
 def parse_choices(raw: object) -> list[str]:
     """Choices arrive as a list, or (Kaggle CSV) a Python-literal list in a string."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return []  # an empty cell: no options (the row is then refused or skipped)
     if isinstance(raw, str):
         try:
             raw = ast.literal_eval(raw)  # never eval: options hold arbitrary code

@@ -1,0 +1,58 @@
+"""Every bad input: one line naming file, row and field; exit 2; the old output untouched."""
+
+import pytest
+from typer.testing import CliRunner
+
+from solver.cli import app
+
+GOOD = "task_id,question,choices\nq1,Question: ok?,\"['a', 'b']\"\n"
+CASES = {
+    "wrong columns": ("task_id,question,options\nq1,x,\"['a','b']\"\n", "missing column(s) choices"),
+    "choices do not parse": ("task_id,question,choices\nq1,x,\"['a', 'b'\"\n", "row 1, field 'choices': does not parse"),
+    "choices not strings": ("task_id,question,choices\nq1,x,\"['a', 2]\"\n", "row 1, field 'choices': is not a list of strings"),
+    "empty question": (GOOD + "q2,Question: ,\"['a', 'b']\"\n", "row 2, field 'question': empty"),
+    "one option": (GOOD + "q2,x,\"['a']\"\n", "row 2, field 'choices': 1 option(s)"),
+    "duplicate ids": (GOOD + "q1,y,\"['a', 'b']\"\n", "row 2, field 'task_id': duplicate 'q1' (first at row 1)"),
+    "not utf-8": (GOOD.encode() + b"q2,caf\xe9,\"['a', 'b']\"\n", "line 3: bytes that are not UTF-8"),
+}
+
+
+def _run(args):
+    return CliRunner().invoke(app, args)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_run(tmp_path, case):
+    content, message = CASES[case]
+    data = tmp_path / "q.csv"
+    data.write_bytes(content if isinstance(content, bytes) else content.encode())
+    out = tmp_path / "sub.csv"
+    out.write_text("task_id,answer\nold,A\n")
+    r = _run(["run", "--input", str(data), "--output", str(out)])
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(data) in lines[0] and message in lines[0], r.stderr
+    assert "Traceback" not in r.output
+    assert out.read_text() == "task_id,answer\nold,A\n"
+
+
+def test_missing_file_and_bad_config(tmp_path):
+    r = _run(["run", "--input", str(tmp_path / "nope.csv"), "--output", str(tmp_path / "o.csv")])
+    assert r.exit_code == 2 and "nope.csv: no such file" in r.stderr
+    data = tmp_path / "q.csv"
+    data.write_text(GOOD)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("backbone:\n  modle: x\n")
+    r = _run(["run", "--input", str(data), "--output", str(tmp_path / "o.csv"), "--config", str(cfg)])
+    assert r.exit_code == 2 and "field 'backbone.modle'" in r.stderr
+    cfg.write_text("backbone:\n  model: /no/such/model.gguf\n")
+    r = _run(["run", "--input", str(data), "--output", str(tmp_path / "o.csv"), "--config", str(cfg)])
+    assert r.exit_code == 2 and "no such GGUF file" in r.stderr.replace("\n", " ")
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_eval_with_no_usable_labels(tmp_path):
+    data = tmp_path / "l.jsonl"
+    data.write_text('{"task_id": "a", "question": "q", "choices": ["x", "y"], "answer": "ANSWER: Z"}\n')
+    r = _run(["eval", "--data", str(data)])
+    assert r.exit_code == 2 and "no usable labelled rows" in r.stderr
