@@ -1,11 +1,11 @@
 """Single-pass answering speed: the solver against a per-question loop and the raw engine.
 
 Usage: python eval/bench_answer.py [--data ../shared/codemmlu-b6/train.csv] [--n 200]
-                                   [--config configs/baseline.yaml] [--rounds 3]
+                                   [--config configs/baseline.yaml] [--rounds 5]
 
 One engine, one process, the same 200 prompts for all three; the three are interleaved
-for `--rounds` rounds and the median time of each is compared (the machine is shared
-and noisy, so only ratios measured side by side mean anything):
+for `--rounds` rounds after one unmeasured warm-up pass, and the median and best times
+are compared (the machine is shared and noisy: only ratios measured side by side count):
   raw     one `LLM.generate` call over all prebuilt prompts (the floor);
   solver  the `solver run` path: prompt building, batches of `answer.batch_size`,
           the journal with fsync per batch;
@@ -34,7 +34,7 @@ def main():
     ap.add_argument("--data", default=str(ROOT.parent / "shared/codemmlu-b6/train.csv"))
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--config", default=str(ROOT / "configs/baseline.yaml"))
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
 
     from vllm import SamplingParams
@@ -71,7 +71,7 @@ def main():
             bb.llm.generate([p], sp, use_tqdm=False)
 
     runs = {"raw": raw, "solver": solve, "loop": loop}
-    bb.llm.generate(prompts[:8], params[:8], use_tqdm=False)  # warm-up
+    raw()  # warm-up: compiles the grammar of every option set once
     times = {k: [] for k in runs}
     for _ in range(args.rounds):
         for name, fn in runs.items():
@@ -86,8 +86,11 @@ def main():
     for k in runs:
         print(f"  {k:>6}: {len(questions) / med[k]:7.2f} questions/s  ({med[k]:.2f} s; all: "
               f"{', '.join(f'{t:.2f}' for t in times[k])})")
-    print(f"solver time / raw engine time: {med['solver'] / med['raw']:.3f}x (target <= 1.15x)")
-    print(f"per-question loop time / solver time: {med['loop'] / med['solver']:.2f}x (solver's speed-up)")
+    best = {k: min(v) for k, v in times.items()}
+    print(f"solver time / raw engine time: {med['solver'] / med['raw']:.3f}x median, "
+          f"{best['solver'] / best['raw']:.3f}x best-of (target <= 1.15x)")
+    print(f"per-question loop time / solver time: {med['loop'] / med['solver']:.2f}x median, "
+          f"{best['loop'] / best['solver']:.2f}x best-of (the solver's speed-up)")
 
 
 if __name__ == "__main__":
