@@ -20,24 +20,19 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from index.cli import app as index_app  # noqa: E402
 from solver.config import load_config  # noqa: E402
-from solver.console import err, fail, out, reported  # noqa: E402
-from solver.data import Loaded, load_questions, split_of  # noqa: E402
+from solver.console import err, fail, out, reported, skipped_note  # noqa: E402
+from solver.data import load_questions, split_of  # noqa: E402
 from solver.journal import Journal, atomic_write, submission_csv, traces_jsonl  # noqa: E402
 from solver.runner import answer_all, fingerprint, score  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+app.add_typer(index_app, name="index")
 
 
 def _journal_path(path: Path) -> Path:
     return path.with_name(path.name + ".journal.jsonl")
-
-
-def _skipped(loaded: Loaded) -> str:
-    parts = [f"{n} {why}" for why, n in loaded.skipped.items()]
-    if loaded.relabelled:
-        parts.append(f"{loaded.relabelled} labels normalised")
-    return f" (skipped rows: {', '.join(parts)})" if parts else ""
 
 
 def _solve(config, data: Path, questions, journal_path: Path, quiet: bool):
@@ -113,7 +108,7 @@ def evaluate(
              seconds=round(secs, 2), questions_per_s=round(fresh / secs, 3) if secs and fresh else None)
     lo, hi = m["interval95"]
     out.print(f"accuracy {m['accuracy']:.4f} [{lo:.3f}, {hi:.3f}] on {m['count']} questions "
-              f"({m['unread']} unread, {m['truncated']} cut){_skipped(loaded)}", highlight=False)
+              f"({m['unread']} unread, {m['truncated']} cut{skipped_note(loaded)})", highlight=False)
     for g, v in m["groups"].items():
         out.print(f"  {g:>20}: {v['accuracy']:.4f} ({v['count']})", highlight=False)
     if m["questions_per_s"]:

@@ -8,12 +8,21 @@ dropped. Running again with the same arguments reuses every journaled answer.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
 from pathlib import Path
 
 from solver.types import Prediction, Question
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -6,12 +6,12 @@ cached HF folder (keyed by the file's hash) that every later start reuses.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
 from pathlib import Path
 
+from solver.journal import sha256_file
 from solver.types import UserError
 
 # Models that ship inside PyPI packages: name -> (package, file inside it).
@@ -41,17 +41,9 @@ def embedded_file(name: str) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def dequantize_gguf(gguf: Path) -> Path:
     """The cached HF folder (bf16 safetensors + tokenizer) made from a GGUF file."""
-    out = cache_dir() / f"{gguf.stem}-{_sha256(gguf)[:12]}"
+    out = cache_dir() / f"{gguf.stem}-{sha256_file(gguf)[:12]}"
     if (out / "config.json").is_file():
         return out
     import torch

