@@ -12,7 +12,8 @@ from solver.types import Prediction, Question
 
 
 class Solver:
-    """Answers questions with one batched backbone call per batch.
+    """Answers questions: the single pass (one batched backbone call per batch), or the
+    graph (graphs/) when `graph.enabled`, also one batched call per step.
 
     `stats` counts what a report must show: questions whose text was cut to fit the
     context, and replies that could not be read.
@@ -22,6 +23,23 @@ class Solver:
         self.config = config
         self.backbone = backbone or make_backbone(config.backbone)
         self.stats: Counter = Counter()
+        self._graph = None
+
+    @property
+    def graph(self):
+        """The compiled graph and its index, made on first use."""
+        if self._graph is None:
+            from graphs.build import GraphRunner
+
+            index = None
+            if self.config.retrieve.enabled:
+                from index.cached import cached_index
+                from index.store import Index
+
+                r = self.config.retrieve
+                index = Index.load(r.index) if r.index else cached_index(r.data, r.split)
+            self._graph = GraphRunner(self.config, self.backbone, index)
+        return self._graph
 
     @classmethod
     def from_config(cls, path: str | Path | None = None) -> "Solver":
@@ -35,6 +53,10 @@ class Solver:
         return self.solve_batch([question])[0]
 
     def solve_batch(self, questions: list[Question]) -> list[Prediction]:
+        if self.config.graph.enabled:
+            preds = self.graph.run(questions)
+            self.stats["unread"] += sum(not p.read for p in preds)
+            return preds
         prompts, asked, preds = [], [], {}
         for q in questions:
             try:

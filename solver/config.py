@@ -42,15 +42,52 @@ class BackboneConfig(_Strict):
 
 
 class AnswerConfig(_Strict):
-    """The single-pass answer step."""
+    """The answer step (alone, it is the single-pass baseline)."""
 
-    batch_size: int = 64  # questions per backbone call and per journal write
+    batch_size: int = 64  # questions per run batch and per journal write
+    # Average the probabilities of the original and the reversed option order: small
+    # models pick by position ("A") as much as by content.
+    permute: bool = False
+
+
+class GraphConfig(_Strict):
+    """answer -> verify -> retrieve -> reanswer -> decide; off: the single-pass answer."""
+
+    enabled: bool = False
+    accept: float = 1.01  # top answer probability at or above which the answer is final (>1: never)
+    max_rounds: int = 1  # re-answers per question
+
+
+class VerifyConfig(_Strict):
+    enabled: bool = False
+    accept: float = 0.5  # P(TRUE) at or above which the answer is kept
+
+
+class RetrieveConfig(_Strict):
+    enabled: bool = False
+    data: str = "../shared/codemmlu-b6/train.csv"  # solved questions; indexed once, cached
+    split: str | None = "train"  # index only this hash split of `data` (None: all of it)
+    index: str | None = None  # a prebuilt index folder instead of `data`
+    duplicates: bool = True  # an exact copy's stored answer is final
+    k: int = 3  # worked examples for the re-answer
+    min_score: float = 0.5  # neighbours below this are never examples
+    floor: float = 0.9  # re-answer with examples only when the best neighbour reaches this
+
+
+class ReanswerConfig(_Strict):
+    enabled: bool = False
+    eliminate: bool = True  # drop the option that verification rejected
+    weight: float = 0.5  # the re-answer's share of the final probabilities
 
 
 class SolverConfig(_Strict):
     name: str = "baseline"
     backbone: BackboneConfig = BackboneConfig()
     answer: AnswerConfig = AnswerConfig()
+    graph: GraphConfig = GraphConfig()
+    verify: VerifyConfig = VerifyConfig()
+    retrieve: RetrieveConfig = RetrieveConfig()
+    reanswer: ReanswerConfig = ReanswerConfig()
 
 
 class ConfigError(UserError):

@@ -1,10 +1,13 @@
 """Prompts, rendered with the model's own chat template.
 
-The answer prompt ends where the assistant's reply begins, so the backbone's first
-token is the option letter; no free text is ever parsed.
+Every prompt ends where the assistant's reply begins, so the backbone's first token is
+the option letter (or TRUE/FALSE); no free text is ever parsed. Every prompt is fitted
+to the context the same way: the question text is cut in the middle, never an option.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 from solver.types import Question
 
@@ -16,8 +19,19 @@ ANSWER_TEMPLATE = """The following is a multiple-choice question about programmi
 
 Answer with the letter of the correct option ({letters})."""
 
+VERIFY_TEMPLATE = """The following is a multiple-choice question about programming, with a proposed answer.
+
+{description}Question: {question}
+
+{options}
+
+Proposed answer: {letter}. {choice}
+
+Is the proposed answer correct? Answer TRUE or FALSE."""
+
 CUT_MARK = "\n[...]\n"
 REPLY_TOKENS = 8  # room left in the context for the reply
+VERDICTS = ["TRUE", "FALSE"]
 
 
 class PromptTooLong(ValueError):
@@ -29,13 +43,30 @@ def question_text(q: Question) -> str:
     return q.question.removeprefix("Question:").strip()
 
 
-def render_answer(q: Question, text: str) -> list[dict]:
-    options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(q.letters, q.choices))
-    desc = f"{q.problem_description.strip()}\n\n" if q.problem_description else ""
-    content = ANSWER_TEMPLATE.format(
-        description=desc, question=text, options=options, letters=", ".join(q.letters)
+def _fields(q: Question, text: str) -> dict:
+    return dict(
+        description=f"{q.problem_description.strip()}\n\n" if q.problem_description else "",
+        question=text,
+        options="\n".join(f"{letter}. {choice}" for letter, choice in zip(q.letters, q.choices)),
+        letters=", ".join(q.letters),
     )
-    return [{"role": "user", "content": content}]
+
+
+def answer_messages(q: Question, text: str) -> list[dict]:
+    return [{"role": "user", "content": ANSWER_TEMPLATE.format(**_fields(q, text))}]
+
+
+def verify_messages(q: Question, text: str, letter: str) -> list[dict]:
+    choice = q.choices[q.letters.index(letter)]
+    return [{"role": "user", "content": VERIFY_TEMPLATE.format(**_fields(q, text), letter=letter, choice=choice)}]
+
+
+def examples_messages(examples: list[Question]) -> list[dict]:
+    """Solved questions as earlier turns of the conversation: the question, then its letter."""
+    turns = []
+    for ex in examples:
+        turns += answer_messages(ex, question_text(ex)) + [{"role": "assistant", "content": ex.answer}]
+    return turns
 
 
 def chat(tokenizer, messages: list[dict]) -> str:
@@ -46,14 +77,14 @@ def n_tokens(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def answer_prompt(q: Question, tokenizer, max_len: int) -> tuple[str, bool]:
-    """The chat prompt for `q`, and whether its question text had to be cut to fit `max_len`.
+def fit(q: Question, render: Callable[[str], list[dict]], tokenizer, max_len: int) -> tuple[str, bool]:
+    """The chat prompt `render(question text)`, and whether the text had to be cut to fit.
 
     A long question is cut in the middle of its text (head and tail kept: code questions
     put the ask at the end), never by dropping options.
     """
     text = question_text(q)
-    prompt = chat(tokenizer, render_answer(q, text))
+    prompt = chat(tokenizer, render(text))
     budget = max_len - REPLY_TOKENS
     total = n_tokens(tokenizer, prompt)
     if total <= budget:
@@ -62,13 +93,29 @@ def answer_prompt(q: Question, tokenizer, max_len: int) -> tuple[str, bool]:
     keep = len(ids) - (total - budget) - n_tokens(tokenizer, CUT_MARK) - 2  # 2: merges at the seams
     while keep > 0:
         head, tail = ids[: (keep + 1) // 2], ids[len(ids) - keep // 2 :]
-        cut = tokenizer.decode(head) + CUT_MARK + tokenizer.decode(tail)
-        prompt = chat(tokenizer, render_answer(q, cut))
+        prompt = chat(tokenizer, render(tokenizer.decode(head) + CUT_MARK + tokenizer.decode(tail)))
         over = n_tokens(tokenizer, prompt) - budget
         if over <= 0:
             return prompt, True
         keep -= over
-    prompt = chat(tokenizer, render_answer(q, CUT_MARK.strip()))
+    prompt = chat(tokenizer, render(CUT_MARK.strip()))
     if n_tokens(tokenizer, prompt) > budget:
         raise PromptTooLong(f"{q.task_id}: the options alone exceed the context of {max_len} tokens")
     return prompt, True
+
+
+def answer_prompt(q: Question, tokenizer, max_len: int, examples: list[Question] = ()) -> tuple[str, bool]:
+    """Answer `q`, optionally after solved examples; examples that do not fit are dropped
+    (the farthest last in the list first), the question's own options never."""
+    examples = list(examples)
+    while examples:
+        shots = examples_messages(examples)
+        prompt = chat(tokenizer, shots + answer_messages(q, question_text(q)))
+        if n_tokens(tokenizer, prompt) <= max_len - REPLY_TOKENS:
+            return prompt, False
+        examples.pop()
+    return fit(q, lambda text: answer_messages(q, text), tokenizer, max_len)
+
+
+def verify_prompt(q: Question, letter: str, tokenizer, max_len: int) -> tuple[str, bool]:
+    return fit(q, lambda text: verify_messages(q, text, letter), tokenizer, max_len)

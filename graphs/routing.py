@@ -1,0 +1,84 @@
+"""Routing and the final combination: pure functions of (state, config).
+
+The graph's conditional edges call these, and so does the replay in eval/ablate.py that
+tunes thresholds on recorded evidence; one definition, so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+from solver.config import SolverConfig
+
+DECIDE, ANSWER, VERIFY, REANSWER = "decide", "answer", "verify", "reanswer"
+
+
+def top(probs: dict[str, float]) -> str:
+    """The most probable letter; ties go to the earlier letter (never a random one)."""
+    return max(probs, key=lambda k: (probs[k], -ord(k[0])))
+
+
+def has_examples(s: dict, cfg: SolverConfig) -> bool:
+    """Retrieval earns a re-answer only with a neighbour at or above the similarity floor."""
+    n = s.get("neighbors") or []
+    return cfg.retrieve.enabled and bool(n) and n[0]["score"] >= cfg.retrieve.floor
+
+
+def can_reanswer(s: dict, cfg: SolverConfig) -> bool:
+    if not cfg.reanswer.enabled or s.get("rounds", 0) >= cfg.graph.max_rounds:
+        return False
+    return has_examples(s, cfg) or (cfg.reanswer.eliminate and bool(s.get("rejected")))
+
+
+def after_retrieve(s: dict, cfg: SolverConfig) -> str:
+    return DECIDE if s.get("duplicate") else ANSWER
+
+
+def after_answer(s: dict, cfg: SolverConfig) -> str:
+    if max(s["probs"].values()) >= cfg.graph.accept:
+        return DECIDE
+    if cfg.verify.enabled:
+        return VERIFY
+    return REANSWER if can_reanswer(s, cfg) else DECIDE
+
+
+def verified(s: dict, cfg: SolverConfig) -> bool:
+    return s["verdicts"][-1] >= cfg.verify.accept
+
+
+def after_verify(s: dict, cfg: SolverConfig) -> str:
+    if verified(s, cfg):
+        return DECIDE
+    return REANSWER if can_reanswer(s, cfg) else DECIDE
+
+
+def after_reanswer(s: dict, cfg: SolverConfig) -> str:
+    if cfg.verify.enabled and s.get("rounds", 0) < cfg.graph.max_rounds:
+        return VERIFY
+    return DECIDE
+
+
+def verify_update(s: dict, p_true: float, cfg: SolverConfig) -> dict:
+    """What a verification adds to the state: its verdict, and the letter it turned down."""
+    update = {"verdicts": [p_true], "rejected": []}
+    if p_true < cfg.verify.accept:
+        letter = top(current(s, cfg))
+        if letter not in (s.get("rejected") or []):
+            update["rejected"] = [letter]
+    return update
+
+
+def decide(s: dict, cfg: SolverConfig) -> tuple[str, dict[str, float]]:
+    """The final letter and probabilities."""
+    final = current(s, cfg)
+    return top(final), final
+
+
+def current(s: dict, cfg: SolverConfig) -> dict[str, float]:
+    """The probabilities the graph holds now: the answer, mixed with a re-answer if any."""
+    if s.get("duplicate"):
+        letter = s["duplicate"]["answer"]
+        return {k: float(k == letter) for k in s["question"].letters}
+    p = s["probs"]
+    if s.get("reprobs"):
+        w = cfg.reanswer.weight
+        return {k: (1 - w) * p[k] + w * s["reprobs"].get(k, 0.0) for k in p}
+    return dict(p)

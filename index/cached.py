@@ -1,0 +1,29 @@
+"""The index a config names, built on first use from its data and cached under .cache/."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from index.embed import DEFAULT_MODEL
+from index.store import Index
+from solver.data import DataError, load_questions, split_of
+from solver.journal import sha256_file
+
+CACHE = Path(".cache") / "index"
+
+
+def cached_index(data: str, split: str | None = None, model: str = DEFAULT_MODEL, quiet: bool = True) -> Index:
+    """Index the labelled questions of `data` (only the hash split `split`, if given):
+    evaluating on another split of the same file then never sees its own rows."""
+    if not Path(data).is_file():
+        raise DataError(f"{data}: no such file (the solved questions to index: retrieve.data)")
+    key = hashlib.sha256(f"{sha256_file(data)} {split} {model}".encode()).hexdigest()[:16]
+    folder = CACHE / f"{Path(data).stem}-{split or 'all'}-{key}"
+    if (folder / "manifest.json").is_file():
+        return Index.load(folder)
+    loaded = load_questions(data, labelled=True)
+    questions = [q for q in loaded.questions if split is None or split_of(q.task_id) == split]
+    ix = Index.build(questions, model, show_progress=not quiet, source=data, skipped=dict(loaded.skipped))
+    ix.save(folder)
+    return ix
