@@ -9,10 +9,13 @@ the probabilities come from the logprobs of that first token; nothing is parsed.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import math
 import os
 from abc import ABC, abstractmethod
 from functools import cached_property
+from pathlib import Path
 
 from solver.config import BackboneConfig
 from solver.models import resolve_model
@@ -169,6 +172,54 @@ class ServerBackbone(Backbone):
 
     def choose(self, prompts, options):
         return asyncio.run(self._all(prompts, options))
+
+
+class CachedBackbone(Backbone):
+    """A backbone that answers a prompt it has already seen from a JSONL file.
+
+    At temperature 0 the same prompt gets the same answer, and tuning and ablations ask
+    the same prompts under many configs: each is sent to the model once. Not for timing.
+    """
+
+    def __init__(self, inner: Backbone, path):
+        super().__init__(inner.cfg)
+        self.inner, self.path = inner, Path(path)
+        self.max_model_len = inner.max_model_len
+        self.store: dict[str, dict | None] = {}
+        self.hits = self.misses = 0
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                if line.endswith("}"):  # a line torn by a kill is skipped
+                    row = json.loads(line)
+                    self.store[row["key"]] = row["probs"]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def tokenizer(self):
+        return self.inner.tokenizer
+
+    @staticmethod
+    def key(prompt: str, options: list[str]) -> str:
+        return hashlib.sha256(json.dumps([prompt, options]).encode()).hexdigest()
+
+    def choose(self, prompts, options):
+        keys = [self.key(p, o) for p, o in zip(prompts, options)]
+        new = {}  # each unseen prompt once, in order
+        for k, p, o in zip(keys, prompts, options):
+            if k not in self.store:
+                new.setdefault(k, (p, o))
+        if new:
+            got = self.inner.choose([p for p, _ in new.values()], [o for _, o in new.values()])
+            with self.path.open("a") as f:
+                for k, probs in zip(new, got):
+                    self.store[k] = probs
+                    f.write(json.dumps({"key": k, "probs": probs}) + "\n")
+        self.misses += len(new)
+        self.hits += len(keys) - len(new)
+        return [self.store[k] for k in keys]
+
+    def close(self):
+        self.inner.close()
 
 
 def make_backbone(cfg: BackboneConfig) -> Backbone:

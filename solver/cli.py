@@ -117,6 +117,20 @@ def evaluate(
         atomic_write(json_out, json.dumps(m, indent=2) + "\n")
 
 
+@app.command()
+def graph(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Solver YAML config."),
+    mermaid: bool = typer.Option(True, "--mermaid/--no-mermaid", help="Print the Mermaid diagram."),
+):
+    """Print the answer graph a config builds (offline: no model is loaded)."""
+    with reported():
+        cfg = load_config(config)
+        from graphs.build import mermaid as draw
+
+        if mermaid:
+            typer.echo(draw(cfg.model_copy(update={"graph": cfg.graph.model_copy(update={"enabled": True})})))
+
+
 def main():  # pragma: no cover
     app()
 

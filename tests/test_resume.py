@@ -25,9 +25,9 @@ def _answers(journal):
     return max(0, len(journal.read_text().splitlines()) - 1) if journal.exists() else 0
 
 
-def _interrupt(cmd, journal, sig, after):
+def _interrupt(cmd, journal, sig, after, cwd=ROOT):
     """Start a run and send `sig` once the journal holds more than `after` answers."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     while _answers(journal) <= after:
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         time.sleep(0.02)

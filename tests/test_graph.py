@@ -1,0 +1,64 @@
+"""The compiled graph end to end on the embedded model, with a real MiniLM/FAISS index."""
+
+import json
+import math
+import signal
+import subprocess
+
+import pytest
+
+from index.store import Index
+from solver.api import Solver
+from solver.config import SolverConfig
+from solver.data import load_questions
+from tests.conftest import SAMPLE, SMALL
+from tests.test_resume import _cmd, _interrupt, _questions
+
+FULL = {"answer": {"permute": True}, "graph": {"enabled": True}, "verify": {"enabled": True, "accept": 0.5},
+        "retrieve": {"enabled": True, "floor": 0.3, "min_score": 0.3}, "reanswer": {"enabled": True}}
+
+
+@pytest.fixture(scope="module")
+def sample_index(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("idx") / "sample"
+    Index.build(load_questions(SAMPLE, labelled=True).questions[:20]).save(folder)
+    return folder
+
+
+def test_graph_end_to_end(engine_solver, sample_index):
+    cfg = SolverConfig.model_validate(FULL | {"backbone": SMALL, "retrieve": FULL["retrieve"] | {"index": str(sample_index)}})
+    solver = Solver(cfg, backbone=engine_solver.backbone)
+    sample = load_questions(SAMPLE, labelled=True).questions
+    copy = sample[0].model_copy(update={"task_id": "copy", "choices": sample[0].choices[::-1]})
+    questions = [copy] + sample[20:]  # one exact copy (options reversed), ten unseen
+    preds = solver.solve_batch(questions)
+    for p, q in zip(preds, questions):
+        assert p.letter in q.letters and math.isclose(sum(p.probabilities.values()), 1.0, abs_tol=1e-6)
+        steps = [t["step"] for t in p.trace]
+        assert steps[0] == "retrieve" and steps[-2:] == ["decide", "cost"]
+    want = copy.letters[copy.choices.index(sample[0].choices[sample[0].letters.index(sample[0].answer)])]
+    assert preds[0].letter == want and [t["step"] for t in preds[0].trace] == ["retrieve", "decide", "cost"]
+    assert all("answer" in [t["step"] for t in p.trace] for p in preds[1:])
+    # one batched LLM call per step (answer, verify, re-answer), not one per question
+    assert solver.graph.batcher.calls["llm"] <= 3 and solver.graph.batcher.calls["index"] == 1
+    verify = [t for p in preds for t in p.trace if t["step"] == "verify"]
+    assert verify and all(0.0 <= t["p_true"] <= 1.0 for t in verify)
+
+
+def test_graph_run_resumes(tmp_path, sample_index):
+    """The graph config through the CLI: killed, run again, the same CSV; the index that the
+    config names is built on first use from its data and cached."""
+    data = _questions(tmp_path, copies=4)
+    cfg = tmp_path / "graph.yaml"
+    # the inputs are copies of the indexed sample: no duplicate shortcut, so every step runs
+    full = FULL | {"retrieve": FULL["retrieve"] | {"data": str(SAMPLE), "split": None, "duplicates": False}}
+    cfg.write_text(json.dumps(full | {"backbone": SMALL, "answer": {"permute": True, "batch_size": 8}}))
+    whole, part = tmp_path / "whole.csv", tmp_path / "part.csv"
+    subprocess.run(_cmd(data, whole, cfg), cwd=tmp_path, check=True, capture_output=True)
+    assert list((tmp_path / ".cache" / "index").iterdir())  # built on first use, cached
+    journal = part.with_name(part.name + ".journal.jsonl")
+    killed_at = _interrupt(_cmd(data, part, cfg), journal, signal.SIGKILL, 0, cwd=tmp_path)
+    assert 0 < killed_at < 120 and not part.exists()
+    done = subprocess.run(_cmd(data, part, cfg), cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert part.read_text() == whole.read_text() and len(part.read_text().splitlines()) == 121

@@ -1,0 +1,118 @@
+"""Routing, combination and batching: pure functions on fixed numbers (no model)."""
+
+import asyncio
+
+from graphs import routing as R
+from graphs.batcher import StepBatcher
+from graphs.build import enabled_nodes, mermaid
+from solver.config import SolverConfig
+from solver.types import Question
+
+Q = Question(task_id="t", question="q", choices=["a", "b", "c", "d"])
+
+
+def cfg(**sections):
+    base = {"graph": {"enabled": True}, "verify": {"enabled": True}, "retrieve": {"enabled": True},
+            "reanswer": {"enabled": True}}
+    for k, v in sections.items():
+        base[k] = base.get(k, {}) | v
+    return SolverConfig.model_validate(base)
+
+
+def state(probs, **kw):
+    return {"question": Q, "probs": probs, "rounds": 0} | kw
+
+
+P = {"A": 0.1, "B": 0.6, "C": 0.2, "D": 0.1}
+
+
+def test_top_breaks_ties_by_letter_not_at_random():
+    assert R.top({"A": 0.3, "B": 0.3, "C": 0.4}) == "C"
+    assert R.top({"A": 0.25, "B": 0.25, "C": 0.25, "D": 0.25}) == "A"
+
+
+def test_duplicate_goes_straight_to_decide_and_wins():
+    s = state(P, duplicate={"task_id": "x", "answer": "D"})
+    assert R.after_retrieve(s, cfg()) == R.DECIDE
+    assert R.decide(s, cfg()) == ("D", {"A": 0.0, "B": 0.0, "C": 0.0, "D": 1.0})
+    assert R.after_retrieve(state(P), cfg()) == R.ANSWER
+
+
+def test_confident_answer_is_accepted_early():
+    assert R.after_answer(state(P), cfg(graph={"accept": 0.6})) == R.DECIDE
+    assert R.after_answer(state(P), cfg(graph={"accept": 0.7})) == R.VERIFY
+    no_verify = cfg(graph={"accept": 0.7}, verify={"enabled": False})
+    assert R.after_answer(state(P), no_verify) == R.DECIDE  # no neighbours, nothing rejected
+    near = [{"task_id": "n", "score": 0.95}]
+    assert R.after_answer(state(P, neighbors=near), no_verify) == R.REANSWER
+
+
+def test_failed_verification_rejects_the_answer_and_reanswers():
+    c = cfg(verify={"accept": 0.4})
+    s = state(P)
+    up = R.verify_update(s, 0.3, c)
+    assert up == {"verdicts": [0.3], "rejected": ["B"]}
+    s2 = s | {"verdicts": [0.3], "rejected": ["B"]}
+    assert R.after_verify(s2, c) == R.REANSWER
+    assert R.verify_update(s, 0.5, c) == {"verdicts": [0.5], "rejected": []}
+    assert R.after_verify(s | {"verdicts": [0.5], "rejected": []}, c) == R.DECIDE
+    # without elimination and without close neighbours there is nothing to re-answer with
+    assert R.after_verify(s2, cfg(verify={"accept": 0.4}, reanswer={"eliminate": False})) == R.DECIDE
+
+
+def test_similarity_floor_gates_examples():
+    far, near = [{"task_id": "n", "score": 0.85}], [{"task_id": "n", "score": 0.92}]
+    assert not R.has_examples(state(P, neighbors=far), cfg(retrieve={"floor": 0.9}))
+    assert R.has_examples(state(P, neighbors=near), cfg(retrieve={"floor": 0.9}))
+    assert not R.has_examples(state(P, neighbors=near), cfg(retrieve={"enabled": False}))
+
+
+def test_rounds_are_bounded():
+    s = state(P, rejected=["B"], rounds=1)
+    assert not R.can_reanswer(s, cfg(graph={"max_rounds": 1}))
+    assert R.can_reanswer(s, cfg(graph={"max_rounds": 2}))
+    assert R.after_reanswer(s, cfg(graph={"max_rounds": 1})) == R.DECIDE
+    assert R.after_reanswer(state(P, rounds=1), cfg(graph={"max_rounds": 2})) == R.VERIFY
+
+
+def test_decide_mixes_the_reanswer_by_weight():
+    s = state(P, reprobs={"A": 0.0, "B": 0.0, "C": 0.9, "D": 0.1})
+    letter, final = R.decide(s, cfg(reanswer={"weight": 0.5}))
+    assert letter == "C" and abs(final["C"] - 0.55) < 1e-9 and abs(sum(final.values()) - 1) < 1e-9
+    assert R.decide(s, cfg(reanswer={"weight": 0.2}))[0] == "B"
+
+
+def test_batcher_makes_one_call_per_step():
+    """Ten questions, two steps each, uneven work between: two batched calls in all."""
+    seen = []
+
+    def handler(items):
+        seen.append(list(items))
+        return [x * 10 for x in items]
+
+    b = StepBatcher({"llm": handler})
+
+    async def one(i):
+        b.enter()
+        try:
+            first = await b.submit("llm", [i, i + 100])
+            for _ in range(i):  # uneven work between steps
+                await asyncio.sleep(0)
+            second = await b.submit("llm", [first[0] + 1])
+            return first, second
+        finally:
+            b.leave()
+
+    async def main():
+        return await asyncio.gather(*(one(i) for i in range(10)))
+
+    out = asyncio.run(main())
+    assert b.calls["llm"] == 2 and [len(x) for x in seen] == [20, 10]
+    assert out[3] == ([30, 1030], [310])
+
+
+def test_graph_shape_follows_config():
+    assert enabled_nodes(cfg()) == ["retrieve", "answer", "verify", "reanswer", "decide"]
+    drawn = mermaid(cfg(verify={"enabled": False}))
+    assert "verify" not in drawn and "retrieve -.-> answer" in drawn and "answer -.-> reanswer" in drawn
+    assert "retrieve" not in mermaid(cfg(retrieve={"enabled": False}))
