@@ -53,6 +53,7 @@ class GraphRunner:
         handlers = {"llm": lambda reqs: backbone.choose([p for p, _ in reqs], [o for _, o in reqs])}
         if index is not None:
             handlers["index"] = lambda qs: index.query(qs, k=cfg.retrieve.k, min_score=cfg.retrieve.min_score)
+        self.index = index
         self.batcher = StepBatcher(handlers)
         self.graph = build_graph(cfg, make_nodes(cfg, backbone, self.batcher, index))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from index.embed import DEFAULT_MODEL
+from index.embed import DEFAULT_MODEL, cpu_has_bf16
 from index.store import Index
 from solver.data import DataError, load_questions, split_of
 from solver.journal import sha256_file
@@ -15,15 +15,19 @@ CACHE = Path(".cache") / "index"
 
 def cached_index(data: str, split: str | None = None, model: str = DEFAULT_MODEL, quiet: bool = True) -> Index:
     """Index the labelled questions of `data` (only the hash split `split`, if given):
-    evaluating on another split of the same file then never sees its own rows."""
+    evaluating on another split of the same file then never sees its own rows.
+
+    The encoder runs in bf16 where the CPU has it natively (2.5x faster, cosine to fp32
+    >= 0.9999, eval/bench_index.py): the graph embeds every question it answers."""
+    dtype = "bfloat16" if cpu_has_bf16() else "float32"
     if not Path(data).is_file():
         raise DataError(f"{data}: no such file (the solved questions to index: retrieve.data)")
-    key = hashlib.sha256(f"{sha256_file(data)} {split} {model}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{sha256_file(data)} {split} {model} {dtype}".encode()).hexdigest()[:16]
     folder = CACHE / f"{Path(data).stem}-{split or 'all'}-{key}"
     if (folder / "manifest.json").is_file():
         return Index.load(folder)
     loaded = load_questions(data, labelled=True)
     questions = [q for q in loaded.questions if split is None or split_of(q.task_id) == split]
-    ix = Index.build(questions, model, show_progress=not quiet, source=data, skipped=dict(loaded.skipped))
+    ix = Index.build(questions, model, show_progress=not quiet, source=data, skipped=dict(loaded.skipped), dtype=dtype)
     ix.save(folder)
     return ix

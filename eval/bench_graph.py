@@ -1,0 +1,76 @@
+"""Graph overhead: a full graph run against the same LLM calls issued as one batch per step.
+
+Usage: python eval/bench_graph.py [--config configs/graph.yaml] [--data ../shared/codemmlu-b6/train.csv]
+                                  [--n 128] [--rounds 3]
+
+The graph's batched calls are recorded on a first, unmeasured run (which also warms the
+engine and builds the index). Then, for `--rounds` interleaved rounds: the graph over the
+questions (retrieval, prompt building, LangGraph, routing included) and a replay of the
+recorded calls straight into the backbone, one call per step. Target: at most 1.2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(ROOT / "configs/graph.yaml"))
+    ap.add_argument("--data", default=str(ROOT.parent / "shared/codemmlu-b6/train.csv"))
+    ap.add_argument("--n", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+
+    from graphs.build import GraphRunner
+    from solver.api import Solver
+    from solver.config import load_config
+    from solver.data import load_questions, split_of
+
+    cfg = load_config(args.config)
+    questions = [q for q in load_questions(args.data, labelled=True).questions if split_of(q.task_id) == "dev"][: args.n]
+    solver = Solver(cfg)
+    bb = solver.backbone
+    runner = solver.graph  # builds or loads the index
+    steps = []
+    choose = runner.batcher.handlers["llm"]
+    runner.batcher.handlers["llm"] = lambda reqs: steps.append(list(reqs)) or choose(reqs)
+    runner.run(questions)  # record, and warm up
+    recorded = steps[:]
+    runner.batcher.handlers["llm"] = choose
+
+    def graph():
+        GraphRunner(cfg, bb, runner.index).run(questions)
+
+    def replay():
+        for reqs in recorded:
+            bb.choose([p for p, _ in reqs], [o for _, o in reqs])
+
+    times = {"graph": [], "replay": []}
+    for _ in range(args.rounds):
+        for name, fn in (("graph", graph), ("replay", replay)):
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}
+    n_prompts = sum(len(r) for r in recorded)
+    print(f"{len(questions)} dev questions, config {cfg.name}, model {cfg.backbone.model}, {os.cpu_count()} cores")
+    print(f"  {len(recorded)} batched LLM calls ({n_prompts} prompts, {n_prompts / len(questions):.2f} per question)")
+    for k in times:
+        print(f"  {k:>6}: {med[k]:.2f} s median ({', '.join(f'{t:.2f}' for t in times[k])})")
+    print(f"graph time / batched-calls time: {med['graph'] / med['replay']:.3f}x median, "
+          f"{best['graph'] / best['replay']:.3f}x best-of (target <= 1.2x)")
+
+
+if __name__ == "__main__":
+    main()
