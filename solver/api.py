@@ -19,10 +19,11 @@ class Solver:
     context, and replies that could not be read.
     """
 
-    def __init__(self, config: SolverConfig, backbone: Backbone | None = None):
+    def __init__(self, config: SolverConfig, backbone: Backbone | None = None, index=None):
         self.config = config
         self.backbone = backbone or make_backbone(config.backbone)
         self.stats: Counter = Counter()
+        self.index = index  # the retrieval index; default: the one the config names
         self._graph = None
 
     @property
@@ -31,14 +32,13 @@ class Solver:
         if self._graph is None:
             from graphs.build import GraphRunner
 
-            index = None
-            if self.config.retrieve.enabled:
+            if self.config.retrieve.enabled and self.index is None:
                 from index.cached import cached_index
                 from index.store import Index
 
                 r = self.config.retrieve
-                index = Index.load(r.index) if r.index else cached_index(r.data, r.split)
-            self._graph = GraphRunner(self.config, self.backbone, index)
+                self.index = Index.load(r.index) if r.index else cached_index(r.data, r.split)
+            self._graph = GraphRunner(self.config, self.backbone, self.index if self.config.retrieve.enabled else None)
         return self._graph
 
     @classmethod
