@@ -79,13 +79,9 @@ def accuracy(preds, questions):
 
 
 def cost(preds, questions):
-    """LLM prompts and prompt tokens per question (the graph's `cost` step; 1 call for the single pass)."""
-    calls = tokens = 0
-    for q in questions:
-        c = next((t for t in preds[q.task_id].trace if t["step"] == "cost"), None)
-        calls += c["calls"] if c else 1
-        tokens += c["tokens"] if c else 0
-    return calls / len(questions), tokens / len(questions)
+    """LLM prompts and prompt tokens per question, from each trace's `cost` step."""
+    costs = [next(t for t in preds[q.task_id].trace if t["step"] == "cost") for q in questions]
+    return sum(c["calls"] for c in costs) / len(questions), sum(c["tokens"] for c in costs) / len(questions)
 
 
 def tune(cfg, backbone, index, dev, passes):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from solver.backbone import Backbone, make_backbone
 from solver.config import SolverConfig, load_config
-from solver.prompts import PromptTooLong, answer_prompt
+from solver.prompts import PromptTooLong, answer_prompt, n_tokens
 from solver.types import Prediction, Question
 
 
@@ -69,14 +69,15 @@ class Solver:
             prompts.append(prompt)
             asked.append((q, cut))
         results = self.backbone.choose(prompts, [q.letters for q, _ in asked]) if prompts else []
-        for (q, cut), probs in zip(asked, results):
+        for (q, cut), prompt, probs in zip(asked, prompts, results):
             step = {"step": "answer", "backbone": self.backbone.name, "probabilities": probs, "truncated": cut}
+            cost = {"step": "cost", "calls": 1, "tokens": n_tokens(self.backbone.tokenizer, prompt)}
             if probs is None:
                 self.stats["unread"] += 1
-                preds[q.task_id] = Prediction(task_id=q.task_id, letter=None, trace=[step])
+                preds[q.task_id] = Prediction(task_id=q.task_id, letter=None, trace=[step, cost])
             else:
                 letter = max(probs, key=probs.get)
-                preds[q.task_id] = Prediction(task_id=q.task_id, letter=letter, probabilities=probs, trace=[step])
+                preds[q.task_id] = Prediction(task_id=q.task_id, letter=letter, probabilities=probs, trace=[step, cost])
         return [preds[q.task_id] for q in questions]
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ def test_batch_of_sample_questions(engine_solver):
     preds = engine_solver.solve_batch(qs)
     for p, q in zip(preds, qs):
         _check(p, q)
+        assert p.trace[-1]["step"] == "cost" and p.trace[-1]["calls"] == 1 and p.trace[-1]["tokens"] > 20
     # A real model, not a constant: its answers are not all one letter.
     assert len({p.letter for p in preds}) > 1
 
