@@ -21,10 +21,19 @@ class Solver:
 
     def __init__(self, config: SolverConfig, backbone: Backbone | None = None, index=None):
         self.config = config
+        self.index = index  # the retrieval index; default: the one the config names
+        if config.graph.enabled and config.retrieve.enabled and index is None:
+            self.index = self._load_index()  # first: a bad index or data fails before the engine starts
         self.backbone = backbone or make_backbone(config.backbone)
         self.stats: Counter = Counter()
-        self.index = index  # the retrieval index; default: the one the config names
         self._graph = None
+
+    def _load_index(self):
+        from index.cached import cached_index
+        from index.store import Index
+
+        r = self.config.retrieve
+        return Index.load(r.index) if r.index else cached_index(r.data, r.split)
 
     @property
     def graph(self):
@@ -32,12 +41,6 @@ class Solver:
         if self._graph is None:
             from graphs.build import GraphRunner
 
-            if self.config.retrieve.enabled and self.index is None:
-                from index.cached import cached_index
-                from index.store import Index
-
-                r = self.config.retrieve
-                self.index = Index.load(r.index) if r.index else cached_index(r.data, r.split)
             self._graph = GraphRunner(self.config, self.backbone, self.index if self.config.retrieve.enabled else None)
         return self._graph
 

@@ -1,5 +1,7 @@
 """Every bad input: one line naming file, row and field; exit 2; the old output untouched."""
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -56,3 +58,29 @@ def test_eval_with_no_usable_labels(tmp_path):
     data.write_text('{"task_id": "a", "question": "q", "choices": ["x", "y"], "answer": "ANSWER: Z"}\n')
     r = _run(["eval", "--data", str(data)])
     assert r.exit_code == 2 and "no usable labelled rows" in r.stderr
+
+
+@pytest.mark.parametrize("retrieve,message", [
+    ({"data": "nowhere/train.csv"}, "nowhere/train.csv: no such file (the solved questions to index: retrieve.data)"),
+    ({"index": "nowhere/idx"}, "nowhere/idx: no such index folder"),
+])
+def test_graph_config_with_bad_retrieval_data(tmp_path, retrieve, message):
+    """Refused with one line before any model is loaded; the old output untouched."""
+    data = tmp_path / "q.csv"
+    data.write_text(GOOD)
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text(json.dumps({"graph": {"enabled": True}, "retrieve": {"enabled": True} | retrieve}))
+    out = tmp_path / "sub.csv"
+    out.write_text("task_id,answer\nold,A\n")
+    r = _run(["run", "--input", str(data), "--output", str(out), "--config", str(cfg)])
+    assert r.exit_code == 2 and r.stderr.strip().splitlines() == [f"error: {message}"], r.stderr
+    assert out.read_text() == "task_id,answer\nold,A\n"
+
+
+def test_graph_command_with_bad_config(tmp_path):
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text("verify: {accept: high}\n")
+    r = _run(["graph", "--config", str(cfg)])
+    assert r.exit_code == 2 and "field 'verify.accept'" in r.stderr
+    r = _run(["graph"])
+    assert r.exit_code == 0 and "answer" in r.stdout and "verify" not in r.stdout  # defaults: no graph nodes on
