@@ -11,9 +11,9 @@ decide:   the final letter (graphs/routing.py: `decide`).
 from __future__ import annotations
 
 from solver.prompts import VERDICTS, answer_prompt, n_tokens, verify_prompt
-from solver.types import Question
+from solver.types import Question, top_letter
 
-from graphs.routing import current, decide, has_examples, top, verify_update
+from graphs.routing import current, decide, has_examples, verify_update
 
 
 def _view(q: Question, order: list[int]) -> Question:
@@ -52,7 +52,7 @@ def make_nodes(cfg, backbone, batcher, index=None) -> dict:
 
     async def verify(s):
         q = s["question"]
-        letter = top(current(s, cfg))
+        letter = top_letter(current(s, cfg))
         prompt = verify_prompt(q, letter, tok, max_len)[0]
         (r,) = await batcher.submit("llm", [(prompt, VERDICTS)])
         p_true = r["TRUE"] if r else cfg.verify.accept  # unreadable: no evidence either way
@@ -68,13 +68,13 @@ def make_nodes(cfg, backbone, batcher, index=None) -> dict:
         if has_examples(s, cfg):
             examples = [index.get(n["task_id"]) for n in s["neighbors"] if n["score"] >= cfg.retrieve.min_score]
             examples = examples[: cfg.retrieve.k]
-        before = top(current(s, cfg))
+        before = top_letter(current(s, cfg))
         if len(keep) == 1:
             probs, calls, tokens = {k: float(k == q.letters[keep[0]]) for k in q.letters}, 0, 0
         else:
             probs, calls, tokens = await ask(q, keep, examples)
         update = {"reprobs": probs, "rounds": s.get("rounds", 0) + 1, "calls": calls, "tokens": tokens}
-        after = top(current(s | update, cfg)) if probs else before
+        after = top_letter(current(s | update, cfg)) if probs else before
         step = {"step": "reanswer", "examples": [e.task_id for e in examples], "removed": sorted(rejected),
                 "probabilities": probs, "changed": [before, after] if after != before else None}
         return update | {"trace": [step]}
@@ -83,7 +83,7 @@ def make_nodes(cfg, backbone, batcher, index=None) -> dict:
         if not s.get("probs") and not s.get("duplicate"):
             return {"letter": None, "final": {}, "trace": [{"step": "decide", "letter": None, "unread": True}]}
         letter, final = decide(s, cfg)
-        first = top(s["probs"]) if s.get("probs") else None
+        first = top_letter(s["probs"]) if s.get("probs") else None
         step = {"step": "decide", "letter": letter, "changed": [first, letter] if first and first != letter else None}
         return {"letter": letter, "final": final, "trace": [step]}
 

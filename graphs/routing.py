@@ -7,13 +7,9 @@ tunes thresholds on recorded evidence; one definition, so the two cannot disagre
 from __future__ import annotations
 
 from solver.config import SolverConfig
+from solver.types import top_letter
 
 DECIDE, ANSWER, VERIFY, REANSWER = "decide", "answer", "verify", "reanswer"
-
-
-def top(probs: dict[str, float]) -> str:
-    """The most probable letter; ties go to the earlier letter (never a random one)."""
-    return max(probs, key=lambda k: (probs[k], -ord(k[0])))
 
 
 def has_examples(s: dict, cfg: SolverConfig) -> bool:
@@ -60,7 +56,7 @@ def verify_update(s: dict, p_true: float, cfg: SolverConfig) -> dict:
     """What a verification adds to the state: its verdict, and the letter it turned down."""
     update = {"verdicts": [p_true], "rejected": []}
     if p_true < cfg.verify.accept:
-        letter = top(current(s, cfg))
+        letter = top_letter(current(s, cfg))
         if letter not in (s.get("rejected") or []):
             update["rejected"] = [letter]
     return update
@@ -69,7 +65,7 @@ def verify_update(s: dict, p_true: float, cfg: SolverConfig) -> dict:
 def decide(s: dict, cfg: SolverConfig) -> tuple[str, dict[str, float]]:
     """The final letter and probabilities."""
     final = current(s, cfg)
-    return top(final), final
+    return top_letter(final), final
 
 
 def current(s: dict, cfg: SolverConfig) -> dict[str, float]:

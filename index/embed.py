@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from solver.console import progress_bar
+from solver.prompts import question_text as prompt_question_text
 from solver.types import Question, UserError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -42,7 +43,7 @@ def normalise_option(text: str) -> str:
 def question_text(q: Question) -> str:
     """What is embedded: the question and its options, the options sorted so that copies
     whose options are shuffled embed the same."""
-    head = q.question.strip().removeprefix("Question:").strip()
+    head = prompt_question_text(q)
     return head + "\n" + "\n".join(f"- {normalise_option(c)}" for c in sorted(q.choices, key=normalise_option))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from solver.backbone import Backbone, make_backbone
 from solver.config import SolverConfig, load_config
 from solver.prompts import PromptTooLong, answer_prompt, n_tokens
-from solver.types import Prediction, Question
+from solver.types import Prediction, Question, top_letter
 
 
 class Solver:
@@ -79,7 +79,7 @@ class Solver:
                 self.stats["unread"] += 1
                 preds[q.task_id] = Prediction(task_id=q.task_id, letter=None, trace=[step, cost])
             else:
-                letter = max(probs, key=probs.get)
+                letter = top_letter(probs)
                 preds[q.task_id] = Prediction(task_id=q.task_id, letter=letter, probabilities=probs, trace=[step, cost])
         return [preds[q.task_id] for q in questions]
 

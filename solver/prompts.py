@@ -40,7 +40,7 @@ class PromptTooLong(ValueError):
 
 def question_text(q: Question) -> str:
     """The Kaggle data prefixes every question with a literal 'Question: '."""
-    return q.question.removeprefix("Question:").strip()
+    return q.question.strip().removeprefix("Question:").strip()
 
 
 def _fields(q: Question, text: str) -> dict:

@@ -14,6 +14,11 @@ def letters_for(n_options: int) -> list[str]:
     return list(LETTERS[:n_options])
 
 
+def top_letter(probs: dict[str, float]) -> str:
+    """The most probable letter; ties go to the earlier letter (never a random one)."""
+    return max(probs, key=lambda k: (probs[k], -ord(k[0])))
+
+
 class UserError(ValueError):
     """Bad input from the user (a file, a row, a field, a config key): the CLI prints its
     one line and exits with status 2. Every module's input errors derive from it."""

@@ -6,7 +6,7 @@ from graphs import routing as R
 from graphs.batcher import StepBatcher
 from graphs.build import enabled_nodes, mermaid
 from solver.config import SolverConfig
-from solver.types import Question
+from solver.types import Question, top_letter
 
 Q = Question(task_id="t", question="q", choices=["a", "b", "c", "d"])
 
@@ -27,8 +27,8 @@ P = {"A": 0.1, "B": 0.6, "C": 0.2, "D": 0.1}
 
 
 def test_top_breaks_ties_by_letter_not_at_random():
-    assert R.top({"A": 0.3, "B": 0.3, "C": 0.4}) == "C"
-    assert R.top({"A": 0.25, "B": 0.25, "C": 0.25, "D": 0.25}) == "A"
+    assert top_letter({"A": 0.3, "B": 0.3, "C": 0.4}) == "C"
+    assert top_letter({"A": 0.25, "B": 0.25, "C": 0.25, "D": 0.25}) == "A"
 
 
 def test_duplicate_goes_straight_to_decide_and_wins():
