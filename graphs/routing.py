@@ -1,7 +1,7 @@
 """Routing and the final combination: pure functions of (state, config).
 
-The graph's conditional edges call these, and so does the replay in eval/ablate.py that
-tunes thresholds on recorded evidence; one definition, so the two cannot disagree.
+The graph's conditional edges and its nodes call these; being pure, they are tested on
+fixed numbers (tests/test_routing.py) without a model.
 """
 
 from __future__ import annotations

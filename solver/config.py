@@ -51,7 +51,7 @@ class AnswerConfig(_Strict):
 
 
 class GraphConfig(_Strict):
-    """answer -> verify -> retrieve -> reanswer -> decide; off: the single-pass answer."""
+    """retrieve -> answer -> verify -> reanswer -> decide; off: the single-pass answer."""
 
     enabled: bool = False
     accept: float = 1.01  # top answer probability at or above which the answer is final (>1: never)
