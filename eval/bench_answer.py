@@ -52,10 +52,11 @@ def main():
     questions = load_questions(args.data, labelled=True).questions[: args.n]
     solver = Solver(cfg)
     bb = solver.backbone
-    prompts = [answer_prompt(q, bb.tokenizer, bb.max_model_len)[0] for q in questions]
+    fitted = [answer_prompt(q, bb.tokenizer, bb.max_model_len) for q in questions]
+    prompts = [p.text for p in fitted]
     params = [SamplingParams(max_tokens=1, temperature=0.0, logprobs=MAX_LOGPROBS,
                              structured_outputs=StructuredOutputsParams(choice=q.letters)) for q in questions]
-    n_tok = sum(len(bb.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    n_tok = sum(p.tokens for p in fitted)
 
     def raw():
         bb.llm.generate(prompts, params, use_tqdm=False)

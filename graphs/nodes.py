@@ -10,7 +10,7 @@ decide:   the final letter (graphs/routing.py: `decide`).
 
 from __future__ import annotations
 
-from solver.prompts import VERDICTS, answer_prompt, n_tokens, verify_prompt
+from solver.prompts import VERDICTS, answer_prompt, verify_prompt
 from solver.types import Question, top_letter
 
 from graphs.routing import current, decide, has_examples, verify_update
@@ -27,15 +27,15 @@ def make_nodes(cfg, backbone, batcher, index=None) -> dict:
         """Probabilities over q's letters for the options `order` keeps (averaged over the
         given and the reversed order if `permute`); None if no reply could be read."""
         views = [order] + ([order[::-1]] if cfg.answer.permute and len(order) > 1 else [])
-        prompts = [answer_prompt(_view(q, v), tok, max_len, examples)[0] for v in views]
+        prompts = [answer_prompt(_view(q, v), tok, max_len, examples) for v in views]
         letters = [q.letters[: len(order)]] * len(views)
-        results = await batcher.submit("llm", list(zip(prompts, letters)))
+        results = await batcher.submit("llm", [(p.text, o) for p, o in zip(prompts, letters)])
         probs = dict.fromkeys(q.letters, 0.0)
         read = [(v, r) for v, r in zip(views, results) if r is not None]
         for v, r in read:
             for j, i in enumerate(v):
                 probs[q.letters[i]] += r[q.letters[j]] / len(read)
-        return (probs if read else None), len(prompts), sum(n_tokens(tok, p) for p in prompts)
+        return (probs if read else None), len(prompts), sum(p.tokens for p in prompts)
 
     async def retrieve(s):
         (r,) = await batcher.submit("index", [s["question"]])
@@ -53,12 +53,12 @@ def make_nodes(cfg, backbone, batcher, index=None) -> dict:
     async def verify(s):
         q = s["question"]
         letter = top_letter(current(s, cfg))
-        prompt = verify_prompt(q, letter, tok, max_len)[0]
-        (r,) = await batcher.submit("llm", [(prompt, VERDICTS)])
+        prompt = verify_prompt(q, letter, tok, max_len)
+        (r,) = await batcher.submit("llm", [(prompt.text, VERDICTS)])
         p_true = r["TRUE"] if r else cfg.verify.accept  # unreadable: no evidence either way
         update = verify_update(s, p_true, cfg)
         step = {"step": "verify", "letter": letter, "p_true": p_true, "read": r is not None, "rejected": update["rejected"]}
-        return update | {"calls": 1, "tokens": n_tokens(tok, prompt), "trace": [step]}
+        return update | {"calls": 1, "tokens": prompt.tokens, "trace": [step]}
 
     async def reanswer(s):
         q = s["question"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from solver.backbone import Backbone, make_backbone
 from solver.config import SolverConfig, load_config
-from solver.prompts import PromptTooLong, answer_prompt, n_tokens
+from solver.prompts import PromptTooLong, answer_prompt
 from solver.types import Prediction, Question, top_letter
 
 
@@ -60,21 +60,20 @@ class Solver:
             preds = self.graph.run(questions)
             self.stats["unread"] += sum(not p.read for p in preds)
             return preds
-        prompts, asked, preds = [], [], {}
+        asked, preds = [], {}
         for q in questions:
             try:
-                prompt, cut = answer_prompt(q, self.backbone.tokenizer, self.backbone.max_model_len)
+                prompt = answer_prompt(q, self.backbone.tokenizer, self.backbone.max_model_len)
             except PromptTooLong as e:
                 self.stats["unread"] += 1
                 preds[q.task_id] = Prediction(task_id=q.task_id, letter=None, trace=[{"step": "answer", "error": str(e)}])
                 continue
-            self.stats["truncated"] += cut
-            prompts.append(prompt)
-            asked.append((q, cut))
-        results = self.backbone.choose(prompts, [q.letters for q, _ in asked]) if prompts else []
-        for (q, cut), prompt, probs in zip(asked, prompts, results):
-            step = {"step": "answer", "backbone": self.backbone.name, "probabilities": probs, "truncated": cut}
-            cost = {"step": "cost", "calls": 1, "tokens": n_tokens(self.backbone.tokenizer, prompt)}
+            self.stats["truncated"] += prompt.cut
+            asked.append((q, prompt))
+        results = self.backbone.choose([p.text for _, p in asked], [q.letters for q, _ in asked]) if asked else []
+        for (q, prompt), probs in zip(asked, results):
+            step = {"step": "answer", "backbone": self.backbone.name, "probabilities": probs, "truncated": prompt.cut}
+            cost = {"step": "cost", "calls": 1, "tokens": prompt.tokens}
             if probs is None:
                 self.stats["unread"] += 1
                 preds[q.task_id] = Prediction(task_id=q.task_id, letter=None, trace=[step, cost])

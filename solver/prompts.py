@@ -7,7 +7,7 @@ to the context the same way: the question text is cut in the middle, never an op
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from solver.types import Question
 
@@ -32,6 +32,12 @@ Is the proposed answer correct? Answer TRUE or FALSE."""
 CUT_MARK = "\n[...]\n"
 REPLY_TOKENS = 8  # room left in the context for the reply
 VERDICTS = ["TRUE", "FALSE"]
+
+
+class Prompt(NamedTuple):
+    text: str
+    cut: bool  # the question text had to be cut to fit the context
+    tokens: int  # its length, counted while fitting it (the cost reported in traces)
 
 
 class PromptTooLong(ValueError):
@@ -77,8 +83,8 @@ def n_tokens(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def fit(q: Question, render: Callable[[str], list[dict]], tokenizer, max_len: int) -> tuple[str, bool]:
-    """The chat prompt `render(question text)`, and whether the text had to be cut to fit.
+def fit(q: Question, render: Callable[[str], list[dict]], tokenizer, max_len: int) -> Prompt:
+    """The chat prompt `render(question text)`, fitted to `max_len` tokens.
 
     A long question is cut in the middle of its text (head and tail kept: code questions
     put the ask at the end), never by dropping options.
@@ -88,7 +94,7 @@ def fit(q: Question, render: Callable[[str], list[dict]], tokenizer, max_len: in
     budget = max_len - REPLY_TOKENS
     total = n_tokens(tokenizer, prompt)
     if total <= budget:
-        return prompt, False
+        return Prompt(prompt, False, total)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     keep = len(ids) - (total - budget) - n_tokens(tokenizer, CUT_MARK) - 2  # 2: merges at the seams
     while keep > 0:
@@ -96,26 +102,28 @@ def fit(q: Question, render: Callable[[str], list[dict]], tokenizer, max_len: in
         prompt = chat(tokenizer, render(tokenizer.decode(head) + CUT_MARK + tokenizer.decode(tail)))
         over = n_tokens(tokenizer, prompt) - budget
         if over <= 0:
-            return prompt, True
+            return Prompt(prompt, True, budget + over)
         keep -= over
     prompt = chat(tokenizer, render(CUT_MARK.strip()))
-    if n_tokens(tokenizer, prompt) > budget:
+    total = n_tokens(tokenizer, prompt)
+    if total > budget:
         raise PromptTooLong(f"{q.task_id}: the options alone exceed the context of {max_len} tokens")
-    return prompt, True
+    return Prompt(prompt, True, total)
 
 
-def answer_prompt(q: Question, tokenizer, max_len: int, examples: list[Question] = ()) -> tuple[str, bool]:
+def answer_prompt(q: Question, tokenizer, max_len: int, examples: list[Question] = ()) -> Prompt:
     """Answer `q`, optionally after solved examples; examples that do not fit are dropped
     (the farthest last in the list first), the question's own options never."""
     examples = list(examples)
     while examples:
         shots = examples_messages(examples)
         prompt = chat(tokenizer, shots + answer_messages(q, question_text(q)))
-        if n_tokens(tokenizer, prompt) <= max_len - REPLY_TOKENS:
-            return prompt, False
+        total = n_tokens(tokenizer, prompt)
+        if total <= max_len - REPLY_TOKENS:
+            return Prompt(prompt, False, total)
         examples.pop()
     return fit(q, lambda text: answer_messages(q, text), tokenizer, max_len)
 
 
-def verify_prompt(q: Question, letter: str, tokenizer, max_len: int) -> tuple[str, bool]:
+def verify_prompt(q: Question, letter: str, tokenizer, max_len: int) -> Prompt:
     return fit(q, lambda text: verify_messages(q, text, letter), tokenizer, max_len)

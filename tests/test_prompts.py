@@ -8,7 +8,8 @@ from solver.types import Question
 
 def test_short_prompt_is_whole_and_templated(tokenizer):
     q = Question(task_id="t", question="Question: What is 1+1?", choices=["1", "2", "3"])
-    prompt, cut = answer_prompt(q, tokenizer, 2048)
+    prompt, cut, tokens = answer_prompt(q, tokenizer, 2048)
+    assert tokens == n_tokens(tokenizer, prompt)
     assert not cut and "What is 1+1?" in prompt and "Question: Question:" not in prompt
     assert "A. 1\nB. 2\nC. 3" in prompt and prompt.endswith("<|im_start|>assistant\n")
 
@@ -16,7 +17,8 @@ def test_short_prompt_is_whole_and_templated(tokenizer):
 def test_long_question_is_cut_in_the_middle_keeping_options(tokenizer):
     body = "HEAD_MARK " + " ".join(f"x{i} = {i}" for i in range(3000)) + " TAIL_MARK"
     q = Question(task_id="t", question=body, choices=["opt one", "opt two", "opt three", "opt four"])
-    prompt, cut = answer_prompt(q, tokenizer, 1024)
+    prompt, cut, tokens = answer_prompt(q, tokenizer, 1024)
+    assert tokens == n_tokens(tokenizer, prompt)
     assert cut and n_tokens(tokenizer, prompt) <= 1024 - 8
     assert "HEAD_MARK" in prompt and "TAIL_MARK" in prompt and "[...]" in prompt
     assert all(f"{letter}. {c}" in prompt for letter, c in zip("ABCD", q.choices))
