@@ -28,14 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import time
 from pathlib import Path
 
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-
-ROOT = Path(__file__).resolve().parents[1]
+from report import ROOT, backbone_pair, chart, markdown, right, row, run
 KMAX = 3  # the most worked examples a re-answer may get
 
 
@@ -53,7 +48,7 @@ STEPS = ("steps", [
 ])
 GRID = [
     field("retrieve", "duplicates", [True, False]),
-    field("answer", "permute", [False, True]),
+    field("answer", "orders", [1, 2]),
     STEPS,
     field("retrieve", "k", [1, 2, KMAX]),
     field("retrieve", "floor", [0.7, 0.8, 0.85, 0.9, 0.95, 1.01]),
@@ -70,7 +65,7 @@ def with_(cfg, **sections):
 
 def simplest(cfg):
     """The tuning's start: a graph with only the duplicate shortcut."""
-    return with_(cfg, graph={"enabled": True}, answer={"permute": False}, verify={"enabled": False},
+    return with_(cfg, graph={"enabled": True}, answer={"orders": 1}, verify={"enabled": False},
                  reanswer={"enabled": False}, retrieve={"enabled": True, "duplicates": True})
 
 
@@ -95,39 +90,15 @@ class Model:
     """One backbone, uncached (for timing) and cached, with its dev and test questions."""
 
     def __init__(self, cfg, spec, dev, test):
-        from solver.backbone import CachedBackbone, make_backbone
-
-        self.cfg = with_(cfg, backbone={"model": spec}) if spec else cfg
+        self.cfg = cfg.with_backbones(cfg.backbone.model_copy(update={"model": spec})) if spec else cfg
         self.name = Path(self.cfg.backbone.model).stem
-        self.raw = make_backbone(self.cfg.backbone)
-        key = CachedBackbone.key(str(self.cfg.backbone.model_dump()), [])[:12]
-        self.cached = CachedBackbone(self.raw, ROOT / ".cache" / "llm" / f"{self.name}-{key}.jsonl")
+        raw, cached = backbone_pair(self.cfg.backbone)
+        self.raw, self.cached = {self.cfg.backbone.label: raw}, {self.cfg.backbone.label: cached}
         self.dev, self.test = dev, test
 
     def on(self, cfg):
         """cfg with this model as its backbone."""
-        return cfg.model_copy(update={"backbone": self.cfg.backbone})
-
-
-def run(cfg, backbone, index, questions):
-    """Predictions (by task_id) and seconds, in the batches `solver run` uses."""
-    from solver.api import Solver
-
-    solver = Solver(cfg, backbone=backbone, index=index)
-    start, preds = time.perf_counter(), {}
-    for i in range(0, len(questions), cfg.answer.batch_size):
-        preds.update((p.task_id, p) for p in solver.solve_batch(questions[i : i + cfg.answer.batch_size]))
-    return preds, time.perf_counter() - start
-
-
-def right(preds, questions, tag=""):
-    return {(tag, q.task_id) for q in questions if preds[q.task_id].letter == q.answer}
-
-
-def cost(preds, questions):
-    """LLM prompts and prompt tokens per question, from each trace's `cost` step."""
-    costs = [next(t for t in preds[q.task_id].trace if t["step"] == "cost") for q in questions]
-    return sum(c["calls"] for c in costs) / len(questions), sum(c["tokens"] for c in costs) / len(questions)
+        return cfg.with_backbones(self.cfg.backbone)
 
 
 def dev_right(cfg, models, index):
@@ -150,34 +121,40 @@ def tune(cfg, models, index, z, log):
             if c == cfg:
                 continue
             got = dev_right(c, models, index)
-            if significant(got, best, z):
-                log(f"  dev {len(got)}/{n} (+{len(got - best)} -{len(best - got)}) with {name} = {patch}")
+            keep = significant(got, best, z)
+            log(f"  {'KEPT' if keep else 'no  '} dev {len(got)}/{n} (+{len(got - best)} -{len(best - got)}) {name} = {patch}")
+            if keep:
                 best, cfg = got, c
     return cfg, len(best) / n
 
 
 def rows_for(tuned):
-    """The report's configurations: nodes that are off in the tuned graph get no 'full - X' row."""
-    rows = {"baseline (single pass)": with_(tuned, graph={"enabled": False}, answer={"permute": False}),
+    """The report's configurations: 'full - X' for each node the tuned graph runs, 'full + X'
+    for each it left out (with the config file's thresholds), so every node's effect on
+    test is measured either way."""
+    rows = {"baseline (single pass)": with_(tuned, graph={"enabled": False}, answer={"orders": 1}),
             "answer only": with_(tuned, verify={"enabled": False}, retrieve={"enabled": False},
                                  reanswer={"enabled": False}),
             "full graph": tuned}
     if tuned.retrieve.enabled and tuned.retrieve.duplicates:
         rows["full - duplicate shortcut"] = with_(tuned, retrieve={"duplicates": False})
-    if tuned.answer.permute:
-        rows["full - reversed order"] = with_(tuned, answer={"permute": False})
+    if tuned.answer.orders > 1:
+        rows["full - reversed order"] = with_(tuned, answer={"orders": 1})
     if tuned.verify.enabled:
         rows["full - verify"] = with_(tuned, verify={"enabled": False})
     if tuned.reanswer.enabled and tuned.retrieve.floor <= 1:
         rows["full - worked examples"] = with_(tuned, retrieve={"floor": 1.01})
     if tuned.reanswer.enabled:
         rows["full - reanswer"] = with_(tuned, reanswer={"enabled": False})
+    if tuned.answer.orders == 1:
+        rows["full + reversed order"] = with_(tuned, answer={"orders": 2})
+    if not tuned.reanswer.enabled:
+        for label, patch in (("re-answer with examples", STEPS[1][1]), ("verify + re-answer", STEPS[1][3])):
+            rows[f"full + {label}"] = with_(tuned, **patch)
     return rows
 
 
 def report(m, tuned, index, time_n):
-    from solver.runner import wilson
-
     rows = {k: m.on(c) for k, c in rows_for(tuned).items()}
     timed_qs = m.test[:time_n]
     timed = {}
@@ -189,28 +166,19 @@ def report(m, tuned, index, time_n):
     ok = {k: right(p, m.test) for k, p in preds.items()}
     table = []
     for k in rows:
-        lo, hi = wilson(len(ok[k]), len(m.test))
-        calls, tokens = cost(preds[k], m.test)
-        # what the node does: the full graph against the graph without it
-        flips = (len(ok[k] - ok["full graph"]), len(ok["full graph"] - ok[k])) if k.startswith("full -") else None
-        table.append({"row": k, "accuracy": len(ok[k]) / len(m.test), "lo": lo, "hi": hi, "calls": calls,
-                      "tokens": tokens, "s_per_q": timed.get(k), "flips": flips})
+        # what the node does: the graph with it against the graph without it
+        with_node, without = (ok["full graph"], ok[k]) if k.startswith("full -") else (ok[k], ok["full graph"])
+        flips = (len(without - with_node), len(with_node - without)) if k.startswith(("full -", "full +")) else None
+        table.append(row(k, preds[k], m.test, ok[k], timed.get(k), flips))
     b, f = ok["baseline (single pass)"], ok["full graph"]
     return table, (len(b - f), len(f - b))
 
 
-def markdown(name, table, vs_base, n, time_n):
-    lines = [f"### {name} (split test, {n} questions)", "",
-             "| configuration | accuracy [95% CI] | node's R->W / W->R flips | LLM prompts/q | prompt tokens/q | s/q |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for r in table:
-        flips = f"{r['flips'][0]} / {r['flips'][1]}" if r["flips"] else ""
-        sq = f"{r['s_per_q']:.3f}" if r["s_per_q"] else ""
-        lines.append(f"| {r['row']} | {r['accuracy']:.4f} [{r['lo']:.3f}, {r['hi']:.3f}] | {flips} | "
-                     f"{r['calls']:.2f} | {r['tokens']:.0f} | {sq} |")
-    lines += ["", (f"Full graph against the baseline: {vs_base[0]} right-to-wrong, {vs_base[1]} wrong-to-right. "
-              f"s/q: uncached, best of two interleaved runs over the first {time_n} test questions."), ""]
-    return lines
+def section(name, table, vs_base, n, time_n):
+    return [f"### {name} (split test, {n} questions)", "", *markdown(table), "",
+            (f"Flips: the graph with the node against the graph without it. Full graph against the baseline: "
+             f"{vs_base[0]} right-to-wrong, {vs_base[1]} wrong-to-right. s/q: uncached, best of two interleaved "
+             f"runs over the first {time_n} test questions."), ""]
 
 
 def main():
@@ -252,7 +220,7 @@ def main():
               f"tuned jointly for {names} on train.csv split dev ({len(dev)} questions each; pooled dev accuracy "
               f"{dev_acc:.4f}; a change kept only with net flips >= {args.z} sd)")
     lines = [f"Graph ablation: {tuning}; reported on split test; index: split train.", "",
-             (f"Tuned: duplicates {tuned.retrieve.duplicates}, permute {tuned.answer.permute}, verify "
+             (f"Tuned: duplicates {tuned.retrieve.duplicates}, option orders {tuned.answer.orders}, verify "
              f"{tuned.verify.enabled}, reanswer {tuned.reanswer.enabled} (examples: floor {tuned.retrieve.floor}, "
              f"k {tuned.retrieve.k}), graph.accept {tuned.graph.accept}, verify.accept {tuned.verify.accept}, "
              f"reanswer.weight {tuned.reanswer.weight}."), ""]
@@ -260,35 +228,17 @@ def main():
     for m in models:
         table, vs_base = report(m, tuned, index, args.time_n)
         results[m.name] = {"table": table, "vs_baseline": vs_base}
-        lines += markdown(m.cfg.backbone.model, table, vs_base, len(test), args.time_n)
+        lines += section(m.cfg.backbone.model, table, vs_base, len(test), args.time_n)
         chart(table, out / f"ablation-{m.name}.png", f"{m.name}: accuracy on train.csv split test (n={len(test)})")
-        lines += [f"LLM cache {m.name}: {m.cached.hits} hits, {m.cached.misses} prompts sent (tuning included).", ""]
+        cache = next(iter(m.cached.values()))
+        lines += [f"LLM cache {m.name}: {cache.hits} hits, {cache.misses} prompts sent (tuning included).", ""]
     lines += ["Tuning log:", "", "```", *log_lines, "```"]
     md = "\n".join(lines) + "\n"
     print(md)
     (out / "ablation.md").write_text(md)
     (out / "ablation.json").write_text(json.dumps({"models": results, "tuned": tuned.model_dump(), "dev_accuracy": dev_acc,
                                                    "dev_n": len(dev), "test_n": len(test)}, indent=2) + "\n")
-    (out / "tuned.yaml").write_text(yaml.safe_dump(tuned.model_dump(exclude={"name", "backbone"}), sort_keys=False))
-
-
-def chart(table, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(table) + 1.2))
-    ys = range(len(table))[::-1]
-    acc = [r["accuracy"] for r in table]
-    err = [[a - r["lo"] for a, r in zip(acc, table)], [r["hi"] - a for a, r in zip(acc, table)]]
-    ax.barh(list(ys), acc, xerr=err, color=["#999"] + ["#6a5acd"] * (len(table) - 1), capsize=3)
-    ax.set_yticks(list(ys), [r["row"] for r in table])
-    ax.axvline(acc[0], color="#999", ls="--", lw=1)
-    ax.set_xlabel("accuracy (95% interval)")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    (out / "tuned.yaml").write_text(yaml.safe_dump(tuned.model_dump(exclude={"name", "backbones"}), sort_keys=False))
 
 
 if __name__ == "__main__":

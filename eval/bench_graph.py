@@ -39,21 +39,18 @@ def main():
     cfg = load_config(args.config)
     questions = [q for q in load_questions(args.data, labelled=True).questions if split_of(q.task_id) == "dev"][: args.n]
     solver = Solver(cfg)
-    bb = solver.backbone
     runner = solver.graph  # builds or loads the index
-    steps = []
-    choose = runner.batcher.handlers["llm"]
-    runner.batcher.handlers["llm"] = lambda reqs: steps.append(list(reqs)) or choose(reqs)
+    recorded = []  # (backbone label, requests) of every batched LLM call, in order
+    for label, handler in [(k, h) for k, h in runner.batcher.handlers.items() if k in solver.backbones]:
+        runner.batcher.handlers[label] = lambda reqs, label=label, h=handler: recorded.append((label, list(reqs))) or h(reqs)
     runner.run(questions)  # record, and warm up
-    recorded = steps[:]
-    runner.batcher.handlers["llm"] = choose
 
     def graph():
-        GraphRunner(cfg, bb, runner.index).run(questions)
+        GraphRunner(cfg, solver.backbones, runner.index, runner.confusion).run(questions)
 
     def replay():
-        for reqs in recorded:
-            bb.choose([p for p, _ in reqs], [o for _, o in reqs])
+        for label, reqs in recorded:
+            solver.backbones[label].choose([p for p, _ in reqs], [o for _, o in reqs])
 
     times = {"graph": [], "replay": []}
     for _ in range(args.rounds):
@@ -63,8 +60,8 @@ def main():
             times[name].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
-    n_prompts = sum(len(r) for r in recorded)
-    print(f"{len(questions)} dev questions, config {cfg.name}, model {cfg.backbone.model}, {os.cpu_count()} cores")
+    n_prompts = sum(len(r) for _, r in recorded)
+    print(f"{len(questions)} dev questions, config {cfg.name}, models {', '.join(b.model for b in cfg.backbones)}, {os.cpu_count()} cores")
     print(f"  {len(recorded)} batched LLM calls ({n_prompts} prompts, {n_prompts / len(questions):.2f} per question)")
     for k in times:
         print(f"  {k:>6}: {med[k]:.2f} s median ({', '.join(f'{t:.2f}' for t in times[k])})")

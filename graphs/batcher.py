@@ -1,64 +1,107 @@
 """One backbone call per graph step, however many questions are in flight.
 
-Each question runs through the graph as its own coroutine. A node hands its requests to
-the batcher and waits; once every question in flight is waiting, the batcher sends all
-queued requests, of every kind, as one batched call per kind (`choose` for the LLM,
-`query` for the index). Questions at different steps share a call.
+Each question runs through the graph as its own coroutine, and its nodes may run side by
+side (the vote's fan-out). A node hands its requests to the batcher and waits. Once every
+question in flight is blocked, that is, each of its running nodes waits on the batcher,
+the batcher sends all queued requests, of every kind, as one batched call per kind
+(`achoose` for each backbone, `query` for the index). Questions at different steps share
+a call. A handler may be a coroutine function: the calls of several served backbones
+then overlap.
+
+A question between two nodes runs no node and so is not blocked: its next node may yet
+ask, and the batcher waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import inspect
+import itertools
+from contextlib import contextmanager
 from typing import Callable
+
+_QUESTION: contextvars.ContextVar[int] = contextvars.ContextVar("question")
 
 
 class StepBatcher:
     def __init__(self, handlers: dict[str, Callable[[list], list]]):
         self.handlers = handlers
         self.queues: dict[str, list] = {k: [] for k in handlers}
-        self.active = 0  # questions in flight
-        self.waiting = 0  # of those, waiting on a queue
+        self.flight: dict[int, list[int]] = {}  # question -> [nodes running, of those queued]
         self.calls: dict[str, int] = dict.fromkeys(handlers, 0)  # batched calls made
+        self._ids = itertools.count()
         self._flushing = False
 
+    @contextmanager
+    def question(self):
+        """Marks the current task (and the node tasks it starts) as one question in flight."""
+        qid = next(self._ids)
+        self.flight[qid] = [0, 0]
+        token = _QUESTION.set(qid)
+        try:
+            yield
+        finally:
+            _QUESTION.reset(token)
+            del self.flight[qid]
+            self._maybe_flush()
+
+    def node(self, fn):
+        """A graph node that counts as running while it runs."""
+
+        async def run(state):
+            counts = self.flight[_QUESTION.get()]
+            counts[0] += 1
+            try:
+                return await fn(state)
+            finally:
+                counts[0] -= 1
+
+        run.__name__ = getattr(fn, "__name__", "node")
+        return run
+
     async def submit(self, kind: str, items: list) -> list:
-        """One question's requests; returns their results in order."""
+        """One node's requests; returns their results in order."""
         fut = asyncio.get_running_loop().create_future()
-        self.queues[kind].append((items, fut))
-        self.waiting += 1
+        self.queues[kind].append((items, fut, self.flight[_QUESTION.get()]))
+        self.flight[_QUESTION.get()][1] += 1
         self._maybe_flush()
         return await fut
 
-    def enter(self) -> None:
-        self.active += 1
-
-    def leave(self) -> None:
-        self.active -= 1
-        self._maybe_flush()
+    def _blocked(self) -> bool:
+        return all(running and queued == running for running, queued in self.flight.values())
 
     def _maybe_flush(self) -> None:
-        if not self._flushing and self.waiting and self.waiting >= self.active:
+        if not self._flushing and any(self.queues.values()) and self._blocked():
             self._flushing = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
 
-    def _flush(self) -> None:
-        """Everyone is waiting: blocking the loop for the batched call costs nothing."""
+    async def _call(self, kind: str, queue: list) -> None:
         try:
-            for kind, queue in self.queues.items():
-                if not queue:
-                    continue
+            results = self.handlers[kind]([x for items, _, _ in queue for x in items])
+            if inspect.isawaitable(results):
+                results = await results
+            self.calls[kind] += 1
+        except Exception as e:  # every question waiting on this call gets the error
+            for _, fut, _ in queue:
+                fut.set_exception(e)
+            return
+        i = 0
+        for items, fut, _ in queue:
+            fut.set_result(results[i : i + len(items)])
+            i += len(items)
+
+    async def _flush(self) -> None:
+        """Everyone is blocked: one call per kind, side by side."""
+        try:
+            if not self._blocked():  # a node started since the flush was scheduled
+                return
+            queues = {kind: queue for kind, queue in self.queues.items() if queue}
+            for kind, queue in queues.items():
                 self.queues[kind] = []
-                self.waiting -= len(queue)
-                try:
-                    results = self.handlers[kind]([x for items, _ in queue for x in items])
-                    self.calls[kind] += 1
-                except Exception as e:  # every question waiting on this call gets the error
-                    for _, fut in queue:
-                        fut.set_exception(e)
-                    continue
-                i = 0
-                for items, fut in queue:
-                    fut.set_result(results[i : i + len(items)])
-                    i += len(items)
+                for _, _, counts in queue:
+                    counts[1] -= 1
+            await asyncio.gather(*(self._call(kind, queue) for kind, queue in queues.items()))
         finally:
             self._flushing = False
+            self._maybe_flush()

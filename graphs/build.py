@@ -10,12 +10,13 @@ from graphs import routing as R
 from graphs.batcher import StepBatcher
 from graphs.nodes import make_nodes
 from graphs.state import State
+from graphs.vote import weighted
 from solver.config import SolverConfig
 from solver.types import Prediction, Question
 
 
 def enabled_nodes(cfg: SolverConfig) -> list[str]:
-    on = {"retrieve": cfg.retrieve.enabled, "answer": True, "verify": cfg.verify.enabled,
+    on = {"retrieve": cfg.retrieve.enabled, "answer": True, "vote": True, "verify": cfg.verify.enabled,
           "reanswer": cfg.reanswer.enabled, "decide": True}
     return [n for n, v in on.items() if v]
 
@@ -28,12 +29,15 @@ def build_graph(cfg: SolverConfig, nodes: dict | None = None):
         g.add_node(name, nodes[name] if nodes else (lambda s: {}))
 
     def edges(src, route, targets):
-        g.add_conditional_edges(src, lambda s: route(s, cfg), {t: t for t in targets if t in names})
+        g.add_conditional_edges(src, lambda s: route(s, cfg), [t for t in targets if t in names])
 
-    g.add_edge(START, "retrieve" if "retrieve" in names else "answer")
     if "retrieve" in names:
+        g.add_edge(START, "retrieve")
         edges("retrieve", R.after_retrieve, [R.DECIDE, R.ANSWER])
-    edges("answer", R.after_answer, [R.DECIDE, R.VERIFY, R.REANSWER])
+    else:
+        edges(START, R.fan_out, [R.ANSWER])
+    g.add_edge("answer", "vote")  # every voter's answer (Send), then one vote
+    edges("vote", R.after_vote, [R.DECIDE, R.VERIFY, R.REANSWER])
     if "verify" in names:
         edges("verify", R.after_verify, [R.DECIDE, R.REANSWER])
     if "reanswer" in names:
@@ -47,22 +51,29 @@ def mermaid(cfg: SolverConfig) -> str:
 
 
 class GraphRunner:
-    """Runs questions through the compiled graph, one coroutine each, one call per step."""
+    """Runs questions through the compiled graph, one coroutine each, one call per step
+    and backbone (`backbones`: label -> Backbone, in the config's order)."""
 
-    def __init__(self, cfg: SolverConfig, backbone, index=None):
-        handlers = {"llm": lambda reqs: backbone.choose([p for p, _ in reqs], [o for _, o in reqs])}
+    def __init__(self, cfg: SolverConfig, backbones: dict, index=None, confusion=None):
+        handlers = {label: (lambda reqs, bb=bb: bb.achoose([p for p, _ in reqs], [o for _, o in reqs]))
+                    for label, bb in backbones.items()}
         if index is not None:
             handlers["index"] = lambda qs: index.query(qs, k=cfg.retrieve.k, min_score=cfg.retrieve.min_score)
-        self.index = index
+        handlers["vote"] = self._weighted
+        self.index, self.confusion = index, confusion
         self.batcher = StepBatcher(handlers)
-        self.graph = build_graph(cfg, make_nodes(cfg, backbone, self.batcher, index))
+        nodes = make_nodes(cfg, backbones, self.batcher, index)
+        self.graph = build_graph(cfg, {name: self.batcher.node(fn) for name, fn in nodes.items()})
+
+    def _weighted(self, items: list) -> list[dict]:
+        """The reliability-weighted vote over every question at this step: Dawid-Skene EM
+        over their answers, or the confusions estimated on labelled data if given."""
+        probs, _ = weighted([v for _, v in items], [q.letters for q, _ in items], self.confusion)
+        return probs
 
     async def _one(self, q: Question) -> dict:
-        self.batcher.enter()
-        try:
+        with self.batcher.question():
             return await self.graph.ainvoke({"question": q, "rounds": 0})
-        finally:
-            self.batcher.leave()
 
     async def _all(self, questions):
         return await asyncio.gather(*(self._one(q) for q in questions))
@@ -70,7 +81,7 @@ class GraphRunner:
     def run(self, questions: list[Question]) -> list[Prediction]:
         states = asyncio.run(self._all(questions))
         return [
-            Prediction(task_id=q.task_id, letter=s.get("letter"), probabilities=s.get("final") or {},
+            Prediction(task_id=q.task_id, letter=s.get("letter"), probabilities=s.get("final") or {}, error=s.get("error"),
                        trace=s["trace"] + [{"step": "cost", "calls": s.get("calls", 0), "tokens": s.get("tokens", 0)}])
             for q, s in zip(questions, states)
         ]

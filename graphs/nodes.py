@@ -1,41 +1,77 @@
 """The graph's nodes: each reads the state, asks the batcher, and returns an update.
 
 retrieve: the exact-duplicate shortcut and the nearest solved questions (no LLM).
-answer:   probabilities over the options (averaged with the reversed order if `permute`).
+answer:   one voter's probabilities: one backbone, one option order (fanned out by Send).
+vote:     the voters' probabilities combined by `vote.rule` (graphs/vote.py).
 verify:   P(TRUE) that the current answer is right, from the logprobs of TRUE/FALSE.
 reanswer: answer again after solved neighbours as worked examples, without the option
-          verification turned down (if `eliminate`).
+          verification turned down (if `eliminate`); the first backbone, every order.
 decide:   the final letter (graphs/routing.py: `decide`).
+
+A backbone that fails (a dead server, a timeout) costs its votes on the questions of
+that call, never the run: the trace says which backbone failed and why.
 """
 
 from __future__ import annotations
 
-from solver.prompts import VERDICTS, answer_prompt, verify_prompt
+from graphs import vote as V
+from graphs.routing import current, decide, has_examples, option_order, verify_update
+from solver.backbone import BackboneError
+from solver.prompts import VERDICTS, PromptTooLong, answer_prompt, verify_prompt
 from solver.types import Question, top_letter
-
-from graphs.routing import current, decide, has_examples, verify_update
 
 
 def _view(q: Question, order: list[int]) -> Question:
     return q.model_copy(update={"choices": [q.choices[i] for i in order]})
 
 
-def make_nodes(cfg, backbone, batcher, index=None) -> dict:
-    tok, max_len = backbone.tokenizer, backbone.max_model_len
+def _map_back(r: dict[str, float], order: list[int], letters: list[str]) -> dict[str, float]:
+    """A reply over the view's letters, as probabilities over the question's own letters."""
+    probs = dict.fromkeys(letters, 0.0)
+    for j, i in enumerate(order):
+        probs[letters[i]] = r[letters[j]]
+    return probs
 
-    async def ask(q: Question, order: list[int], examples=()) -> tuple[dict | None, int, int]:
-        """Probabilities over q's letters for the options `order` keeps (averaged over the
-        given and the reversed order if `permute`); None if no reply could be read."""
-        views = [order] + ([order[::-1]] if cfg.answer.permute and len(order) > 1 else [])
-        prompts = [answer_prompt(_view(q, v), tok, max_len, examples) for v in views]
-        letters = [q.letters[: len(order)]] * len(views)
-        results = await batcher.submit("llm", [(p.text, o) for p, o in zip(prompts, letters)])
-        probs = dict.fromkeys(q.letters, 0.0)
-        read = [(v, r) for v, r in zip(views, results) if r is not None]
-        for v, r in read:
-            for j, i in enumerate(v):
-                probs[q.letters[i]] += r[q.letters[j]] / len(read)
-        return (probs if read else None), len(prompts), sum(p.tokens for p in prompts)
+
+def make_nodes(cfg, backbones: dict, batcher, index=None) -> dict:
+    """`backbones`: label -> Backbone, in the config's order; the first verifies and re-answers."""
+    first = cfg.backbone.label
+    orders = cfg.answer.orders
+
+    def prompt_for(label, q, order, examples=()):
+        bb = backbones[label]
+        return answer_prompt(_view(q, order), bb.tokenizer, bb.max_model_len, examples)
+
+    async def answer(s):
+        q, v = s["question"], s["voter"]
+        order = option_order(len(q.choices), v["order"], q.task_id)
+        vote = {"voter": f"{v['backbone']}@{v['order']}", "probs": None}
+        try:
+            prompt = prompt_for(v["backbone"], q, order)
+            (r,) = await batcher.submit(v["backbone"], [(prompt.text, q.letters)])
+        except PromptTooLong as e:
+            return {"votes": [vote | {"unread": str(e)}]}
+        except BackboneError as e:
+            return {"votes": [vote | {"error": str(e)}], "calls": 1, "tokens": prompt.tokens}
+        vote["probs"] = _map_back(r, order, q.letters) if r else None
+        return {"votes": [vote | {"cut": prompt.cut}], "calls": 1, "tokens": prompt.tokens}
+
+    async def vote(s):
+        q = s["question"]
+        votes = {v["voter"]: v["probs"] for v in s["votes"] if v["probs"]}
+        failed = {v["voter"]: v["error"] for v in s["votes"] if v.get("error")}
+        if not votes:
+            probs = {}
+        elif cfg.vote.rule == "weighted":
+            (probs,) = await batcher.submit("vote", [(q, votes)])
+        else:
+            probs = V.RULES[cfg.vote.rule](votes, q.letters)
+        step = {"step": "vote", "rule": cfg.vote.rule, "votes": votes, "failed": failed, "probabilities": probs,
+                "cut": any(v.get("cut") for v in s["votes"])}
+        update = {"probs": probs, "trace": [step]}
+        if not votes and len(failed) == len(s["votes"]):
+            update["error"] = "every backbone failed: " + "; ".join(failed.values())
+        return update
 
     async def retrieve(s):
         (r,) = await batcher.submit("index", [s["question"]])
@@ -44,20 +80,21 @@ def make_nodes(cfg, backbone, batcher, index=None) -> dict:
         return {"duplicate": dup, "neighbors": neighbors,
                 "trace": [{"step": "retrieve", "duplicate": dup, "note": r.note, "neighbors": neighbors}]}
 
-    async def answer(s):
-        q = s["question"]
-        probs, calls, tokens = await ask(q, list(range(len(q.choices))))
-        return {"probs": probs or {}, "calls": calls, "tokens": tokens,
-                "trace": [{"step": "answer", "probabilities": probs, "permuted": cfg.answer.permute}]}
-
     async def verify(s):
         q = s["question"]
         letter = top_letter(current(s, cfg))
-        prompt = verify_prompt(q, letter, tok, max_len)
-        (r,) = await batcher.submit("llm", [(prompt.text, VERDICTS)])
-        p_true = r["TRUE"] if r else cfg.verify.accept  # unreadable: no evidence either way
+        bb = backbones[first]
+        prompt = verify_prompt(q, letter, bb.tokenizer, bb.max_model_len)
+        try:
+            (r,) = await batcher.submit(first, [(prompt.text, VERDICTS)])
+        except BackboneError as e:
+            r = None
+            step = {"error": str(e)}
+        else:
+            step = {}
+        p_true = r["TRUE"] if r else cfg.verify.accept  # unreadable or failed: no evidence either way
         update = verify_update(s, p_true, cfg)
-        step = {"step": "verify", "letter": letter, "p_true": p_true, "read": r is not None, "rejected": update["rejected"]}
+        step |= {"step": "verify", "letter": letter, "p_true": p_true, "read": r is not None, "rejected": update["rejected"]}
         return update | {"calls": 1, "tokens": prompt.tokens, "trace": [step]}
 
     async def reanswer(s):
@@ -69,22 +106,32 @@ def make_nodes(cfg, backbone, batcher, index=None) -> dict:
             examples = [index.get(n["task_id"]) for n in s["neighbors"] if n["score"] >= cfg.retrieve.min_score]
             examples = examples[: cfg.retrieve.k]
         before = top_letter(current(s, cfg))
+        step = {"step": "reanswer", "examples": [e.task_id for e in examples], "removed": sorted(rejected)}
+        calls = tokens = 0
         if len(keep) == 1:
-            probs, calls, tokens = {k: float(k == q.letters[keep[0]]) for k in q.letters}, 0, 0
-        else:
-            probs, calls, tokens = await ask(q, keep, examples)
+            probs = {k: float(k == q.letters[keep[0]]) for k in q.letters}
+        else:  # the first backbone, in every option order, averaged
+            views = [[keep[i] for i in option_order(len(keep), k, q.task_id)] for k in range(orders)]
+            prompts = [prompt_for(first, q, v, examples) for v in views]
+            calls, tokens = len(prompts), sum(p.tokens for p in prompts)
+            try:
+                results = await batcher.submit(first, [(p.text, q.letters[: len(keep)]) for p in prompts])
+            except BackboneError as e:
+                results, step["error"] = [], str(e)
+            read = {i: _map_back(r, v, q.letters) for i, (v, r) in enumerate(zip(views, results)) if r}
+            probs = V.mean(read, q.letters) if read else None
         update = {"reprobs": probs, "rounds": s.get("rounds", 0) + 1, "calls": calls, "tokens": tokens}
         after = top_letter(current(s | update, cfg)) if probs else before
-        step = {"step": "reanswer", "examples": [e.task_id for e in examples], "removed": sorted(rejected),
-                "probabilities": probs, "changed": [before, after] if after != before else None}
+        step |= {"probabilities": probs, "changed": [before, after] if after != before else None}
         return update | {"trace": [step]}
 
     async def decide_node(s):
         if not s.get("probs") and not s.get("duplicate"):
             return {"letter": None, "final": {}, "trace": [{"step": "decide", "letter": None, "unread": True}]}
         letter, final = decide(s, cfg)
-        first = top_letter(s["probs"]) if s.get("probs") else None
-        step = {"step": "decide", "letter": letter, "changed": [first, letter] if first and first != letter else None}
-        return {"letter": letter, "final": final, "trace": [step]}
+        first_letter = top_letter(s["probs"]) if s.get("probs") else None
+        changed = [first_letter, letter] if first_letter and first_letter != letter else None
+        return {"letter": letter, "final": final, "trace": [{"step": "decide", "letter": letter, "changed": changed}]}
 
-    return {"retrieve": retrieve, "answer": answer, "verify": verify, "reanswer": reanswer, "decide": decide_node}
+    return {"retrieve": retrieve, "answer": answer, "vote": vote, "verify": verify, "reanswer": reanswer,
+            "decide": decide_node}

@@ -6,10 +6,35 @@ fixed numbers (tests/test_routing.py) without a model.
 
 from __future__ import annotations
 
+import random
+
+from langgraph.types import Send
+
 from solver.config import SolverConfig
 from solver.types import top_letter
 
-DECIDE, ANSWER, VERIFY, REANSWER = "decide", "answer", "verify", "reanswer"
+DECIDE, ANSWER, VOTE, VERIFY, REANSWER = "decide", "answer", "vote", "verify", "reanswer"
+
+
+def option_order(n: int, k: int, seed: str) -> list[int]:
+    """The k-th order a voter sees n options in: 0 as given, 1 reversed, then shuffles
+    seeded by the question (the same on every run and machine)."""
+    order = list(range(n))
+    if k == 1:
+        return order[::-1]
+    if k > 1:
+        random.Random(f"{seed}:{k}").shuffle(order)
+    return order
+
+
+def voters(cfg: SolverConfig) -> list[dict]:
+    """Every (backbone, option order) pair is one voter."""
+    return [{"backbone": b.label, "order": k} for b in cfg.backbones for k in range(cfg.answer.orders)]
+
+
+def fan_out(s: dict, cfg: SolverConfig) -> list[Send]:
+    """One `answer` per voter, run side by side (LangGraph Send); `vote` gathers them."""
+    return [Send(ANSWER, {"question": s["question"], "voter": v}) for v in voters(cfg)]
 
 
 def has_examples(s: dict, cfg: SolverConfig) -> bool:
@@ -24,12 +49,12 @@ def can_reanswer(s: dict, cfg: SolverConfig) -> bool:
     return has_examples(s, cfg) or (cfg.reanswer.eliminate and bool(s.get("rejected")))
 
 
-def after_retrieve(s: dict, cfg: SolverConfig) -> str:
-    return DECIDE if s.get("duplicate") else ANSWER
+def after_retrieve(s: dict, cfg: SolverConfig) -> str | list[Send]:
+    return DECIDE if s.get("duplicate") else fan_out(s, cfg)
 
 
-def after_answer(s: dict, cfg: SolverConfig) -> str:
-    if max(s["probs"].values()) >= cfg.graph.accept:
+def after_vote(s: dict, cfg: SolverConfig) -> str:
+    if not s["probs"] or max(s["probs"].values()) >= cfg.graph.accept:
         return DECIDE
     if cfg.verify.enabled:
         return VERIFY

@@ -10,15 +10,18 @@ from solver.types import Question
 
 class State(TypedDict, total=False):
     question: Question
+    voter: dict  # a Send's payload to `answer`: {"backbone": label, "order": k}
     duplicate: dict | None  # {"task_id", "answer"}: an exact solved copy, its letter mapped to ours
     neighbors: list[dict]  # [{"task_id", "score"}], best first
-    probs: dict[str, float]  # the answer step's probabilities
+    votes: Annotated[list[dict], operator.add]  # each voter's {"voter", "probs" | None, "error" | None}
+    probs: dict[str, float]  # the vote's combination of the voters' probabilities
     verdicts: Annotated[list[float], operator.add]  # P(TRUE) of each verification
     rejected: Annotated[list[str], operator.add]  # letters verification turned down
     reprobs: dict[str, float] | None  # the re-answer's probabilities
     rounds: int
     final: dict[str, float]  # decide's probabilities
     letter: str | None
+    error: str | None  # why there is no letter when every backbone failed
     calls: Annotated[int, operator.add]  # LLM prompts sent for this question
     tokens: Annotated[int, operator.add]  # their prompt tokens
     trace: Annotated[list[dict], operator.add]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from solver.backbone import Backbone, make_backbone
 from solver.config import SolverConfig, load_config
+from solver.data import DataError
 from solver.prompts import PromptTooLong, answer_prompt
 from solver.types import Prediction, Question, top_letter
 
@@ -19,14 +20,26 @@ class Solver:
     context, and replies that could not be read.
     """
 
-    def __init__(self, config: SolverConfig, backbone: Backbone | None = None, index=None):
+    def __init__(self, config: SolverConfig, backbone: Backbone | None = None, index=None,
+                 backbones: dict[str, Backbone] | None = None):
         self.config = config
         self.index = index  # the retrieval index; default: the one the config names
         if config.graph.enabled and config.retrieve.enabled and index is None:
             self.index = self._load_index()  # first: a bad index or data fails before the engine starts
-        self.backbone = backbone or make_backbone(config.backbone)
+        labelled = config.vote.labelled if config.vote.rule == "weighted" else None
+        if labelled and not Path(labelled).is_file():
+            raise DataError(f"{labelled}: no such file (the labelled questions for vote.labelled)")
+        # label -> Backbone, in the config's order: those given (`backbone` for the first), or made
+        given = (backbones or {}) | ({config.backbone.label: backbone} if backbone else {})
+        self.backbones = {b.label: given.get(b.label) or make_backbone(b) for b in config.backbones}
         self.stats: Counter = Counter()
+        self.failures: dict[str, str] = {}  # backbone label -> its first error
         self._graph = None
+
+    @property
+    def backbone(self) -> Backbone:
+        """The first backbone: the single pass's, and the one that verifies and re-answers."""
+        return next(iter(self.backbones.values()))
 
     def _load_index(self):
         from index.cached import cached_index
@@ -41,7 +54,13 @@ class Solver:
         if self._graph is None:
             from graphs.build import GraphRunner
 
-            self._graph = GraphRunner(self.config, self.backbone, self.index if self.config.retrieve.enabled else None)
+            confusion = None
+            if self.config.vote.rule == "weighted" and self.config.vote.labelled:
+                from graphs.calibrate import labelled_confusion
+
+                confusion = labelled_confusion(self.config, self.backbones)
+            index = self.index if self.config.retrieve.enabled else None
+            self._graph = GraphRunner(self.config, self.backbones, index, confusion)
         return self._graph
 
     @classmethod
@@ -59,6 +78,10 @@ class Solver:
         if self.config.graph.enabled:
             preds = self.graph.run(questions)
             self.stats["unread"] += sum(not p.read for p in preds)
+            for step in (t for p in preds for t in p.trace if t["step"] == "vote"):
+                self.stats["truncated"] += step["cut"]
+                for voter, error in step["failed"].items():
+                    self.failures.setdefault(voter.rsplit("@", 1)[0], error)
             return preds
         asked, preds = [], {}
         for q in questions:
@@ -83,4 +106,5 @@ class Solver:
         return [preds[q.task_id] for q in questions]
 
     def close(self) -> None:
-        self.backbone.close()
+        for bb in self.backbones.values():
+            bb.close()

@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 
 from solver.config import BackboneConfig
-from solver.models import resolve_model
+from solver.models import ModelError, resolve_model
 
 MAX_LOGPROBS = 32  # at least 26 letters; what the engine is started to allow
 
@@ -46,6 +46,15 @@ def option_probabilities(top: dict[int, float], options: list[str], decode) -> d
     return {o: m / total for o, m in mass.items()}
 
 
+def lora_rank(adapter: str) -> int:
+    """The rank vLLM must be started for: the adapter's, rounded up to one vLLM supports."""
+    config = Path(adapter) / "adapter_config.json"
+    if not config.is_file():
+        raise ModelError(f"lora '{adapter}': no adapter_config.json (a folder saved by peft)")
+    r = json.loads(config.read_text())["r"]
+    return next(x for x in (8, 16, 32, 64, 128, 256, 320, 512) if x >= r)
+
+
 class Backbone(ABC):
     """Three things: a name, a tokenizer with its context length, and `choose`."""
 
@@ -68,6 +77,10 @@ class Backbone(ABC):
     def choose(self, prompts: list[str], options: list[list[str]]) -> list[dict[str, float] | None]:
         """For each prompt, a probability per allowed option (None: unreadable)."""
 
+    async def achoose(self, prompts: list[str], options: list[list[str]]) -> list[dict[str, float] | None]:
+        """`choose` for the graph's event loop; a served backbone's calls overlap with others'."""
+        return self.choose(prompts, options)
+
     def close(self) -> None:
         pass
 
@@ -82,7 +95,14 @@ class EngineBackbone(Backbone):
         from vllm import LLM
 
         path = resolve_model(cfg.model)
-        args = dict(
+        self.lora_request = None
+        lora = {}
+        if cfg.lora:
+            from vllm.lora.request import LoRARequest
+
+            lora = dict(enable_lora=True, max_lora_rank=lora_rank(cfg.lora))
+            self.lora_request = LoRARequest(self.name, 1, str(Path(cfg.lora).resolve()))
+        args = lora | dict(
             model=path,
             tokenizer=resolve_model(cfg.tokenizer) if cfg.tokenizer else path,
             dtype=cfg.dtype,
@@ -112,7 +132,7 @@ class EngineBackbone(Backbone):
             )
             for opts in options
         ]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora_request)
         result = []
         for out, opts in zip(outputs, options):
             lp = out.outputs[0].logprobs
@@ -129,10 +149,19 @@ class ServerBackbone(Backbone):
 
     def __init__(self, cfg: BackboneConfig):
         super().__init__(cfg)
-        if not cfg.base_url:
-            raise BackboneError(f"backbone '{self.name}': kind 'server' needs base_url")
-        self.base_url = cfg.base_url
+        self.base_url = cfg.base_url or self._served_url(cfg)
         self.api_key = os.environ.get(cfg.api_key_env) or "EMPTY"
+
+    @staticmethod
+    def _served_url(cfg: BackboneConfig) -> str:
+        """No base_url: the server `solver serve` started for this backbone."""
+        from solver.server import registry_dir, served
+
+        entry = served(cfg.label)
+        if entry is None:
+            raise BackboneError(f"backbone '{cfg.label}': kind 'server' without base_url, and no live server for it in "
+                                f"{registry_dir()} (start one: solver serve --config CONFIG)")
+        return entry["base_url"]
 
     @cached_property
     def tokenizer(self):
@@ -158,7 +187,7 @@ class ServerBackbone(Backbone):
         top = {int(k.removeprefix("token_id:")): v for k, v in top.items()}
         return option_probabilities(top, opts, self.decode)
 
-    async def _all(self, prompts, options):
+    async def achoose(self, prompts, options):
         import openai
 
         sem = asyncio.Semaphore(self.cfg.concurrency)
@@ -171,7 +200,7 @@ class ServerBackbone(Backbone):
                 raise BackboneError(f"backbone '{self.name}' at {self.base_url}: {type(e).__name__}: {e}") from None
 
     def choose(self, prompts, options):
-        return asyncio.run(self._all(prompts, options))
+        return asyncio.run(self.achoose(prompts, options))
 
 
 class CachedBackbone(Backbone):
@@ -202,21 +231,32 @@ class CachedBackbone(Backbone):
     def key(prompt: str, options: list[str]) -> str:
         return hashlib.sha256(json.dumps([prompt, options]).encode()).hexdigest()
 
-    def choose(self, prompts, options):
+    def _unseen(self, prompts, options) -> tuple[list[str], dict]:
         keys = [self.key(p, o) for p, o in zip(prompts, options)]
         new = {}  # each unseen prompt once, in order
         for k, p, o in zip(keys, prompts, options):
             if k not in self.store:
                 new.setdefault(k, (p, o))
-        if new:
-            got = self.inner.choose([p for p, _ in new.values()], [o for _, o in new.values()])
-            with self.path.open("a") as f:
-                for k, probs in zip(new, got):
-                    self.store[k] = probs
-                    f.write(json.dumps({"key": k, "probs": probs}) + "\n")
         self.misses += len(new)
         self.hits += len(keys) - len(new)
+        return keys, new
+
+    def _keep(self, keys, new, got):
+        with self.path.open("a") as f:
+            for k, probs in zip(new, got):
+                self.store[k] = probs
+                f.write(json.dumps({"key": k, "probs": probs}) + "\n")
         return [self.store[k] for k in keys]
+
+    def choose(self, prompts, options):
+        keys, new = self._unseen(prompts, options)
+        got = self.inner.choose([p for p, _ in new.values()], [o for _, o in new.values()]) if new else []
+        return self._keep(keys, new, got)
+
+    async def achoose(self, prompts, options):
+        keys, new = self._unseen(prompts, options)
+        got = await self.inner.achoose([p for p, _ in new.values()], [o for _, o in new.values()]) if new else []
+        return self._keep(keys, new, got)
 
     def close(self):
         self.inner.close()

@@ -25,6 +25,7 @@ from solver.config import load_config  # noqa: E402
 from solver.console import err, fail, out, reported, skipped_note  # noqa: E402
 from solver.data import load_questions, split_of  # noqa: E402
 from solver.journal import Journal, atomic_write, submission_csv, traces_jsonl  # noqa: E402
+from solver.models import resolve_model  # noqa: E402
 from solver.runner import answer_all, fingerprint, score  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
@@ -129,6 +130,26 @@ def graph(
 
         if mermaid:
             typer.echo(draw(cfg.model_copy(update={"graph": cfg.graph.model_copy(update={"enabled": True})})))
+
+
+@app.command()
+def serve(
+    config: Path = typer.Option(..., "--config", "-c", help="Solver YAML config: its kind-server backbones."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address the servers bind to."),
+):
+    """Start a vLLM server per backbone of a config that has kind: server and no base_url;
+    `solver run`/`eval` with the config then use them. Ctrl-C or SIGTERM stops them all."""
+    from solver.server import serve_all
+
+    with reported():
+        cfg = load_config(config)
+        todo = [b for b in cfg.backbones if b.kind == "server" and not b.base_url]
+        if not todo:
+            fail(f"{config}: no backbone has kind: server without a base_url, so there is nothing to serve")
+        for b in todo:  # a bad model name fails here, in one line, before any server starts
+            resolve_model(b.model)
+        status = serve_all(todo, host, say=lambda m: err.print(m, highlight=False, markup=False))
+    raise typer.Exit(status)
 
 
 def main():  # pragma: no cover

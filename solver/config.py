@@ -9,26 +9,28 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from solver.types import UserError
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-class BackboneConfig(_Strict):
+class BackboneConfig(Strict):
     """One LLM: what it is, and where it runs."""
 
     # A registered embedded name (see solver/models.py), a hub id, a local HF folder or a .gguf file.
     model: str = "smollm2-135m-instruct"
-    # engine: in-process vLLM; server: an OpenAI-compatible vLLM server at base_url.
+    # engine: in-process vLLM; server: an OpenAI-compatible vLLM server at base_url, or,
+    # without base_url, the one `solver serve` started for it.
     kind: Literal["engine", "server"] = "engine"
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"  # the variable that holds the server's key, if any
     served_name: str | None = None  # the server's model id; default: model
     tokenizer: str | None = None  # default: the model's own
+    lora: str | None = None  # a peft LoRA adapter folder, applied by vLLM on top of `model`
     dtype: str = "bfloat16"
     max_model_len: int = 4096
     enforce_eager: bool = True  # CUDA graphs/compile cost ~50 s per start on CPU
@@ -40,17 +42,23 @@ class BackboneConfig(_Strict):
     seed: int = 0
     engine_args: dict = {}  # passed through to vllm.LLM / the server's flags
 
+    @property
+    def label(self) -> str:
+        """The short name a voter, a trace and `solver serve` know it by."""
+        return self.served_name or Path(self.model).stem.split("/")[-1]
 
-class AnswerConfig(_Strict):
+
+class AnswerConfig(Strict):
     """The answer step (alone, it is the single-pass baseline)."""
 
     batch_size: int = 64  # questions per run batch and per journal write
-    # Average the probabilities of the original and the reversed option order: small
-    # models pick by position ("A") as much as by content.
-    permute: bool = False
+    # Option orders each backbone answers in, each mapped back and counted as a voter:
+    # 1: as given; 2: and reversed; more: and seeded shuffles. Small models pick by
+    # position ("A") as much as by content.
+    orders: int = 1
 
 
-class GraphConfig(_Strict):
+class GraphConfig(Strict):
     """retrieve -> answer -> verify -> reanswer -> decide; off: the single-pass answer."""
 
     enabled: bool = False
@@ -58,12 +66,12 @@ class GraphConfig(_Strict):
     max_rounds: int = 1  # re-answers per question
 
 
-class VerifyConfig(_Strict):
+class VerifyConfig(Strict):
     enabled: bool = False
     accept: float = 0.5  # P(TRUE) at or above which the answer is kept
 
 
-class RetrieveConfig(_Strict):
+class RetrieveConfig(Strict):
     enabled: bool = False
     data: str = "../shared/codemmlu-b6/train.csv"  # solved questions; indexed once, cached
     split: str | None = "train"  # index only this hash split of `data` (None: all of it)
@@ -74,30 +82,75 @@ class RetrieveConfig(_Strict):
     floor: float = 0.9  # re-answer with examples only when the best neighbour reaches this
 
 
-class ReanswerConfig(_Strict):
+class ReanswerConfig(Strict):
     enabled: bool = False
     eliminate: bool = True  # drop the option that verification rejected
     weight: float = 0.5  # the re-answer's share of the final probabilities
 
 
-class SolverConfig(_Strict):
+class VoteConfig(Strict):
+    """How the answers of every (backbone, option order) voter are combined."""
+
+    # mean: average probability; majority: one vote per voter's top letter (the mean
+    # breaks ties); weighted: Dawid-Skene, each voter's per-option confusion estimated by
+    # EM over the batch's answers, or from `labelled` when given.
+    rule: Literal["mean", "majority", "weighted"] = "mean"
+    labelled: str | None = None  # weighted: a labelled file to estimate confusions on ...
+    labelled_split: str | None = "dev"  # ... only this hash split of it
+    labelled_n: int = 300  # ... at most this many of its questions
+
+
+class SolverConfig(Strict):
     name: str = "baseline"
-    backbone: BackboneConfig = BackboneConfig()
+    # The voters' backbones; the first also verifies and re-answers. `backbone: {...}` is
+    # shorthand for a list of one.
+    backbones: list[BackboneConfig] = [BackboneConfig()]
     answer: AnswerConfig = AnswerConfig()
     graph: GraphConfig = GraphConfig()
     verify: VerifyConfig = VerifyConfig()
     retrieve: RetrieveConfig = RetrieveConfig()
     reanswer: ReanswerConfig = ReanswerConfig()
+    vote: VoteConfig = VoteConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_backbone(cls, raw):
+        if isinstance(raw, dict) and "backbone" in raw:
+            if "backbones" in raw:
+                raise ValueError("give 'backbone' or 'backbones', not both")
+            raw = {k: v for k, v in raw.items() if k != "backbone"} | {"backbones": [raw["backbone"]]}
+        return raw
+
+    @model_validator(mode="after")
+    def _voters(self):
+        labels = [b.label for b in self.backbones]
+        if not labels:
+            raise ValueError("'backbones' lists no backbone")
+        if len(set(labels)) < len(labels):
+            raise ValueError(f"backbones need distinct names (served_name): {labels}")
+        if (len(labels) > 1 or self.answer.orders > 1) and not self.graph.enabled:
+            raise ValueError("several backbones or answer.orders > 1 vote, which needs graph.enabled")
+        if self.answer.orders < 1:
+            raise ValueError("answer.orders must be at least 1")
+        return self
+
+    @property
+    def backbone(self) -> BackboneConfig:
+        """The first backbone: the single pass's, and the one that verifies and re-answers."""
+        return self.backbones[0]
+
+    def with_backbones(self, *backbones: BackboneConfig) -> "SolverConfig":
+        return self.model_copy(update={"backbones": list(backbones)})
 
 
 class ConfigError(UserError):
     """A one-line complaint about a config file."""
 
 
-def load_config(path: str | Path | None = None) -> SolverConfig:
-    """Defaults when `path` is None; otherwise the YAML file, validated."""
+def load_config(path: str | Path | None = None, model: type[BaseModel] = SolverConfig):
+    """Defaults when `path` is None; otherwise the YAML file, validated as `model`."""
     if path is None:
-        return SolverConfig()
+        return model()
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
@@ -107,10 +160,14 @@ def load_config(path: str | Path | None = None) -> SolverConfig:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    raw.setdefault("name", path.stem)
+    if "name" in model.model_fields:
+        raw.setdefault("name", path.stem)
     try:
-        return SolverConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: field '{where}': {err['msg']}") from None
+        loc = list(err["loc"])
+        if "backbone" in raw and loc[:2] == ["backbones", 0]:  # name the key the file used
+            loc = ["backbone", *loc[2:]]
+        where = ".".join(str(p) for p in loc)
+        raise ConfigError(f"{path}: field '{where}': {err['msg']}" if where else f"{path}: {err['msg']}") from None

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
+from solver.backbone import BackboneError
 from solver.console import progress_bar
 from solver.journal import Journal, sha256_file
 from solver.types import Prediction, Question
@@ -30,13 +31,16 @@ def answer_all(
     """Answer every question not yet journaled; returns (predictions, newly answered, seconds).
 
     A prediction that could not be read is returned but not journaled, so a rerun retries it.
+    A backbone that fails is dropped for the questions it failed on (with a warning); a
+    batch where some question lost every backbone stops the run once the rest of the batch
+    is journaled: running again resumes.
     """
     preds = {q.task_id: journal.done[q.task_id] for q in questions if q.task_id in journal.done}
     todo = [questions[i : i + batch_size] for i in range(0, len(questions), batch_size)]
     todo = [[q for q in b if q.task_id not in preds] for b in todo]
     todo = [b for b in todo if b]
     solver = make_solver() if todo else None  # engine start-up is not answering time
-    fresh, start = 0, time.perf_counter()
+    fresh, start, warned = 0, time.perf_counter(), set()
     with progress_bar("q", disable=quiet) as bar:
         task = bar.add_task("answering", total=len(questions), completed=len(preds))
         for batch in todo:
@@ -45,6 +49,14 @@ def answer_all(
             preds.update((p.task_id, p) for p in out)
             fresh += len(out)
             bar.advance(task, len(out))
+            for name in solver.failures.keys() - warned:
+                warned.add(name)
+                bar.console.print(f"warning: backbone '{name}' failed and is left out of the questions it failed on "
+                                  f"({solver.failures[name]})", highlight=False, markup=False)
+            lost = [p for p in out if p.error]
+            if lost:
+                raise BackboneError(f"{len(lost)} questions lost every backbone (first: {lost[0].task_id}: {lost[0].error}); "
+                                    "the answered ones are journaled: run again to resume")
     return preds, fresh, time.perf_counter() - start
 
 

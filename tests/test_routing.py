@@ -5,7 +5,7 @@ import asyncio
 from graphs import routing as R
 from graphs.batcher import StepBatcher
 from graphs.build import enabled_nodes, mermaid
-from solver.config import SolverConfig
+from solver.config import BackboneConfig, SolverConfig
 from solver.types import Question, top_letter
 
 Q = Question(task_id="t", question="q", choices=["a", "b", "c", "d"])
@@ -35,16 +35,35 @@ def test_duplicate_goes_straight_to_decide_and_wins():
     s = state(P, duplicate={"task_id": "x", "answer": "D"})
     assert R.after_retrieve(s, cfg()) == R.DECIDE
     assert R.decide(s, cfg()) == ("D", {"A": 0.0, "B": 0.0, "C": 0.0, "D": 1.0})
-    assert R.after_retrieve(state(P), cfg()) == R.ANSWER
+    sends = R.after_retrieve(state(P), cfg())
+    assert [(x.node, x.arg["voter"]) for x in sends] == [(R.ANSWER, {"backbone": "smollm2-135m-instruct", "order": 0})]
+
+
+def test_every_backbone_and_option_order_is_a_voter():
+    two = cfg(answer={"orders": 3}).model_copy(update={"backbones": [BackboneConfig(served_name="a"),
+                                                                       BackboneConfig(served_name="b")]})
+    sends = R.fan_out(state(P), two)
+    assert [(x.arg["voter"]["backbone"], x.arg["voter"]["order"]) for x in sends] == [
+        ("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2)]
+    assert all(x.node == R.ANSWER and x.arg["question"] is Q for x in sends)
+
+
+def test_option_orders_are_fixed_permutations():
+    assert R.option_order(4, 0, "t") == [0, 1, 2, 3] and R.option_order(4, 1, "t") == [3, 2, 1, 0]
+    shuffled = R.option_order(7, 2, "t")
+    assert sorted(shuffled) == list(range(7)) and shuffled != list(range(7))
+    assert R.option_order(7, 2, "t") == shuffled  # seeded by the question: the same every run
+    assert R.option_order(7, 3, "t") != shuffled
 
 
 def test_confident_answer_is_accepted_early():
-    assert R.after_answer(state(P), cfg(graph={"accept": 0.6})) == R.DECIDE
-    assert R.after_answer(state(P), cfg(graph={"accept": 0.7})) == R.VERIFY
+    assert R.after_vote(state(P), cfg(graph={"accept": 0.6})) == R.DECIDE
+    assert R.after_vote(state(P), cfg(graph={"accept": 0.7})) == R.VERIFY
     no_verify = cfg(graph={"accept": 0.7}, verify={"enabled": False})
-    assert R.after_answer(state(P), no_verify) == R.DECIDE  # no neighbours, nothing rejected
+    assert R.after_vote(state(P), no_verify) == R.DECIDE  # no neighbours, nothing rejected
     near = [{"task_id": "n", "score": 0.95}]
-    assert R.after_answer(state(P, neighbors=near), no_verify) == R.REANSWER
+    assert R.after_vote(state(P, neighbors=near), no_verify) == R.REANSWER
+    assert R.after_vote(state({}), cfg()) == R.DECIDE  # no voter could answer
 
 
 def test_failed_verification_rejects_the_answer_and_reanswers():
@@ -83,7 +102,8 @@ def test_decide_mixes_the_reanswer_by_weight():
 
 
 def test_batcher_makes_one_call_per_step():
-    """Ten questions, two steps each, uneven work between: two batched calls in all."""
+    """Ten questions, two steps each, uneven work between, the first step fanned out to
+    side-by-side nodes that start at different times: two batched calls in all."""
     seen = []
 
     def handler(items):
@@ -92,27 +112,33 @@ def test_batcher_makes_one_call_per_step():
 
     b = StepBatcher({"llm": handler})
 
+    async def voter(i):
+        for _ in range(5 * (i >= 100)):  # the second voter starts late
+            await asyncio.sleep(0)
+        return await b.submit("llm", [i])
+
+    async def second(i, first):
+        for _ in range(i):  # uneven work between steps
+            await asyncio.sleep(0)
+        return await b.submit("llm", [first + 1])
+
     async def one(i):
-        b.enter()
-        try:
-            first = await b.submit("llm", [i, i + 100])
-            for _ in range(i):  # uneven work between steps
-                await asyncio.sleep(0)
-            second = await b.submit("llm", [first[0] + 1])
-            return first, second
-        finally:
-            b.leave()
+        with b.question():
+            fan = await asyncio.gather(b.node(voter)(i), b.node(voter)(i + 100))
+            await asyncio.sleep(0)  # between nodes: not blocked
+            return fan, await b.node(lambda s: second(i, fan[0][0]))(None)
 
     async def main():
         return await asyncio.gather(*(one(i) for i in range(10)))
 
     out = asyncio.run(main())
     assert b.calls["llm"] == 2 and [len(x) for x in seen] == [20, 10]
-    assert out[3] == ([30, 1030], [310])
+    assert out[3] == ([[30], [1030]], [310])
 
 
 def test_graph_shape_follows_config():
-    assert enabled_nodes(cfg()) == ["retrieve", "answer", "verify", "reanswer", "decide"]
+    assert enabled_nodes(cfg()) == ["retrieve", "answer", "vote", "verify", "reanswer", "decide"]
     drawn = mermaid(cfg(verify={"enabled": False}))
-    assert "verify" not in drawn and "retrieve -.-> answer" in drawn and "answer -.-> reanswer" in drawn
+    assert "verify" not in drawn and "retrieve -.-> answer" in drawn and "vote -.-> reanswer" in drawn
+    assert "answer --> vote" in drawn
     assert "retrieve" not in mermaid(cfg(retrieve={"enabled": False}))

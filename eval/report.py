@@ -1,0 +1,88 @@
+"""What the ablation scripts share: cached backbones, one run of a config, scoring, the
+Markdown table and the chart. Imported by eval/ablate*.py (run as scripts from eval/)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADER = ["| configuration | accuracy [95% CI] | R->W / W->R flips | LLM prompts/q | prompt tokens/q | s/q |",
+          "| --- | --- | --- | --- | --- | --- |"]
+
+
+def backbone_pair(bcfg):
+    """(uncached backbone for timing, the same behind the on-disk answer cache). At
+    temperature 0 the same prompt gets the same answer, and ablations ask the same prompts
+    under many configs: each is sent once, whichever script asks first."""
+    from solver.backbone import CachedBackbone, make_backbone
+
+    raw = make_backbone(bcfg)
+    answers = bcfg.model_dump(include={"model", "tokenizer", "lora", "dtype", "max_model_len"})  # what sets an answer
+    key = CachedBackbone.key(str(answers), [])[:12]
+    return raw, CachedBackbone(raw, ROOT / ".cache" / "llm" / f"{Path(bcfg.model).stem}-{key}.jsonl")
+
+
+def run(cfg, backbones: dict, index, questions):
+    """Predictions (by task_id) and seconds, in the batches `solver run` uses."""
+    from solver.api import Solver
+
+    solver = Solver(cfg, index=index, backbones=backbones)
+    start, preds = time.perf_counter(), {}
+    for i in range(0, len(questions), cfg.answer.batch_size):
+        preds.update((p.task_id, p) for p in solver.solve_batch(questions[i : i + cfg.answer.batch_size]))
+    return preds, time.perf_counter() - start
+
+
+def right(preds, questions, tag=""):
+    return {(tag, q.task_id) for q in questions if preds[q.task_id].letter == q.answer}
+
+
+def cost(preds, questions):
+    """LLM prompts and prompt tokens per question, from each trace's `cost` step."""
+    costs = [next(t for t in preds[q.task_id].trace if t["step"] == "cost") for q in questions]
+    return sum(c["calls"] for c in costs) / len(questions), sum(c["tokens"] for c in costs) / len(questions)
+
+
+def row(name, preds, questions, ok, seconds=None, flips=None) -> dict:
+    from solver.runner import wilson
+
+    lo, hi = wilson(len(ok), len(questions))
+    calls, tokens = cost(preds, questions)
+    return {"row": name, "accuracy": len(ok) / len(questions), "lo": lo, "hi": hi, "calls": calls,
+            "tokens": tokens, "s_per_q": seconds, "flips": flips}
+
+
+def markdown(table) -> list[str]:
+    lines = list(HEADER)
+    for r in table:
+        flips = f"{r['flips'][0]} / {r['flips'][1]}" if r["flips"] else ""
+        sq = f"{r['s_per_q']:.3f}" if r["s_per_q"] else ""
+        lines.append(f"| {r['row']} | {r['accuracy']:.4f} [{r['lo']:.3f}, {r['hi']:.3f}] | {flips} | "
+                     f"{r['calls']:.2f} | {r['tokens']:.0f} | {sq} |")
+    return lines
+
+
+def chart(table, path, title):
+    """Accuracy with its 95% interval per row; the first row (the baseline) in grey, dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(table) + 1.2))
+    ys = range(len(table))[::-1]
+    acc = [r["accuracy"] for r in table]
+    err = [[a - r["lo"] for a, r in zip(acc, table)], [r["hi"] - a for a, r in zip(acc, table)]]
+    ax.barh(list(ys), acc, xerr=err, color=["#999"] + ["#6a5acd"] * (len(table) - 1), capsize=3)
+    ax.set_yticks(list(ys), [r["row"] for r in table])
+    ax.axvline(acc[0], color="#999", ls="--", lw=1)
+    ax.set_xlabel("accuracy (95% interval)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,149 @@
+"""Combining several voters' answers to one multiple-choice question.
+
+`mean` and `majority` look at one question at a time. `weighted` needs a batch: a voter's
+reliability only shows across many questions, so it runs Dawid-Skene EM over the batch
+(or one E-step with confusion matrices estimated on labelled dev data). Pure numpy,
+tested on fixed numbers (tests/test_vote_rules.py).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from solver.types import LETTERS, top_letter
+
+Votes = dict[str, dict[str, float]]
+TINY = 1e-12  # floor inside log: a zero-count cell must not veto a class (or make NaN)
+
+
+def mean(votes: Votes, letters: list[str]) -> dict[str, float]:
+    """The average distribution; no votes gives the uniform one."""
+    if not votes:
+        return {k: 1 / len(letters) for k in letters}
+    return {k: sum(v.get(k, 0.0) for v in votes.values()) / len(votes) for k in letters}
+
+
+def _top(vote: dict[str, float], letters: list[str]) -> str:
+    return top_letter({k: vote.get(k, 0.0) for k in letters})
+
+
+def majority(votes: Votes, letters: list[str]) -> dict[str, float]:
+    """One vote per voter's top letter; the mean is worth half a vote (< 1), so it can
+    only break ties between equal counts, deterministically, never overturn a count."""
+    m, n = mean(votes, letters), len(votes)
+    counts = dict.fromkeys(letters, 0)
+    for v in votes.values():
+        counts[_top(v, letters)] += 1
+    return {k: (counts[k] + 0.5 * m[k]) / (n + 0.5) for k in letters}
+
+
+class DSResult(NamedTuple):
+    posteriors: list[np.ndarray]  # one vector of length n_classes[i] per item
+    confusion: dict[str, np.ndarray]  # voter -> K x K, row t = P(says s | true t)
+    prior: np.ndarray  # K
+    iterations: int
+
+
+def _pseudo(k: int, smoothing: float) -> np.ndarray:
+    """Diagonal-heavy Dirichlet pseudo-counts: an unseen voter is mildly better than
+    chance, and EM cannot settle on a label-swapped solution."""
+    return np.full((k, k), smoothing / k) + np.eye(k) * (smoothing - smoothing / k)
+
+
+def _normalise_rows(c: np.ndarray) -> np.ndarray:
+    s = c.sum(1, keepdims=True)
+    return np.where(s > 0, c / np.where(s > 0, s, 1), 1 / c.shape[1])  # empty row: uniform
+
+
+def _m_step(items, T, voters, k, smoothing):
+    counts = {v: _pseudo(k, smoothing) for v in voters}
+    for i, said in enumerate(items):
+        for v, s in said.items():
+            counts[v][:, s] += T[i]
+    prior = smoothing + T.sum(0)
+    return {v: _normalise_rows(c) for v, c in counts.items()}, prior / prior.sum()
+
+
+def _e_step(items, n_classes, conf, prior) -> np.ndarray:
+    """Posterior over each item's classes in log space; columns >= n_classes[i] stay 0."""
+    log_c = {v: np.log(np.maximum(c, TINY)) for v, c in conf.items()}
+    T = np.zeros((len(items), len(prior)))
+    for i, (said, k) in enumerate(zip(items, n_classes)):
+        lp = np.log(np.maximum(prior[:k], TINY))
+        for v, s in said.items():
+            lp = lp + log_c[v][:k, s]
+        p = np.exp(lp - lp.max())
+        T[i, :k] = p / p.sum()
+    return T
+
+
+def _check(items, n_classes):
+    for said, k in zip(items, n_classes, strict=True):
+        if any(not 0 <= s < k for s in said.values()):
+            raise ValueError(f"a vote {said} is outside the item's {k} classes")
+
+
+def dawid_skene(items: list[dict[str, int]], n_classes: list[int], iters: int = 100,
+                tol: float = 1e-6, smoothing: float = 1.0) -> DSResult:
+    """Dawid-Skene EM: learn each voter's confusion matrix and the class prior jointly
+    with the true-class posteriors, so reliable voters count for more."""
+    if not items:
+        return DSResult([], {}, np.zeros(0), 0)
+    _check(items, n_classes)
+    k_max = max(n_classes)
+    voters = sorted({v for said in items for v in said})
+    # start from a soft majority vote with a small floor, so no class starts impossible
+    T = np.zeros((len(items), k_max))
+    for i, (said, k) in enumerate(zip(items, n_classes)):
+        share = np.bincount(list(said.values()), minlength=k)[:k] / max(len(said), 1)
+        T[i, :k] = (share + 0.01) / (share + 0.01).sum()
+    conf, prior = _m_step(items, T, voters, k_max, smoothing)
+    it = 0
+    while it < iters:
+        it += 1
+        new = _e_step(items, n_classes, conf, prior)
+        done = np.abs(new - T).max() < tol
+        T = new
+        conf, prior = _m_step(items, T, voters, k_max, smoothing)
+        if done:
+            break
+    return DSResult([T[i, :k].copy() for i, k in enumerate(n_classes)], conf, prior, it)
+
+
+def confusion_from_labels(items: list[dict[str, int]], truth: list[int], n_classes: list[int],
+                          smoothing: float = 1.0) -> dict[str, np.ndarray]:
+    """The supervised estimate from a labelled dev split: the M-step with one-hot truth."""
+    _check(items, n_classes)
+    k_max = len(LETTERS)  # every size a later question may have, not only the dev split's
+    T = np.eye(k_max)[truth]
+    voters = sorted({v for said in items for v in said})
+    return _m_step(items, T, voters, k_max, smoothing)[0]
+
+
+def weighted(items_votes: list[Votes], letters_list: list[list[str]],
+             confusion: dict[str, np.ndarray] | None = None
+             ) -> tuple[list[dict[str, float]], dict[str, np.ndarray]]:
+    """The reliability-weighted rule over a batch: EM when there are no labels, else one
+    E-step (uniform prior) with the dev-estimated confusions."""
+    items = [{v: letters.index(_top(vote, letters)) for v, vote in votes.items()}
+             for votes, letters in zip(items_votes, letters_list, strict=True)]
+    n_classes = [len(k) for k in letters_list]
+    if not items:
+        return [], dict(confusion or {})
+    if confusion is None:
+        res = dawid_skene(items, n_classes)
+        posts, conf = res.posteriors, res.confusion
+    else:
+        k_max = max([*n_classes, *(c.shape[0] for c in confusion.values())])
+        if any(c.shape[0] < max(n_classes) for c in confusion.values()):
+            raise ValueError(f"a confusion matrix has fewer than {max(n_classes)} classes")
+        conf = {v: confusion.get(v, _normalise_rows(_pseudo(k_max, 1.0)))
+                for v in sorted({v for said in items for v in said} | set(confusion))}
+        T = _e_step(items, n_classes, conf, np.full(k_max, 1 / k_max))
+        posts = [T[i, :k] for i, k in enumerate(n_classes)]
+    return [dict(zip(letters, map(float, p))) for letters, p in zip(letters_list, posts)], conf
+
+
+RULES = {"majority": majority, "mean": mean}
