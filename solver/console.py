@@ -47,7 +47,7 @@ def skipped_note(loaded) -> str:
 
 
 @contextmanager
-def reported():
+def reported(interrupted: str = "the answers so far are journaled"):
     """User errors exit 2 with one line; a failed backbone or Ctrl-C exits non-zero, also one line."""
     try:
         yield
@@ -56,4 +56,4 @@ def reported():
     except BackboneError as e:
         fail(str(e), 1)
     except KeyboardInterrupt:
-        fail("interrupted: the answers so far are journaled; run the same command again to resume", 130)
+        fail(f"interrupted: {interrupted}; run the same command again to resume", 130)

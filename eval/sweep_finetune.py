@@ -1,0 +1,99 @@
+"""Finetune data-size sweep: accuracy on held-out questions against the number of training questions.
+
+Usage: python eval/sweep_finetune.py [--config configs/finetune.yaml] [--data ../shared/codemmlu-b6/train.csv]
+                                     [--sizes 200,1000,all] [--test-n N] [--out DIR]
+
+For each size, `solver finetune` on the first N questions of the config's train split
+(runs/sweep/n<N>; `all` is the default run, runs/smollm2-lora, that `make finetune`
+trains: done runs are skipped, interrupted ones resume), then the merged model answers
+split `test` of the data, which neither training nor adapter selection saw, with the
+single pass of configs/baseline.yaml; size 0 is the base model. Writes DIR/sweep.md,
+DIR/sweep.json and DIR/sweep.png (accuracy with its 95% interval against size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from report import ROOT, right, run
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(ROOT / "configs/finetune.yaml"))
+    ap.add_argument("--data", default=str(ROOT.parent / "shared/codemmlu-b6/train.csv"))
+    ap.add_argument("--sizes", default="200,1000,all")
+    ap.add_argument("--test-n", type=int, default=None)
+    ap.add_argument("--out", default=str(ROOT / "eval" / "results" / "finetune"))
+    args = ap.parse_args()
+
+    from finetune.config import FinetuneConfig
+    from finetune.train import finetune
+    from solver.backbone import make_backbone
+    from solver.config import load_config
+    from solver.data import load_questions, split_of
+    from solver.runner import wilson
+
+    cfg = load_config(args.config, FinetuneConfig)
+    base = load_config(ROOT / "configs/baseline.yaml")
+    test = [q for q in load_questions(args.data, labelled=True).questions if split_of(q.task_id) == "test"][: args.test_n]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    models = {0: (cfg.model, None)}  # size -> (model, run summary)
+    for size in args.sizes.split(","):
+        n = None if size == "all" else int(size)
+        folder = ROOT / "runs" / ("smollm2-lora" if n is None else f"sweep/n{n}")
+        summary = finetune(args.data, folder, cfg.model_copy(update={"n_train": n}))
+        models[summary["n_train"]] = (summary["merged"], summary)
+    points = []
+    for n, (model, summary) in sorted(models.items()):
+        bcfg = base.backbone.model_copy(update={"model": model})
+        backbone = make_backbone(bcfg)
+        preds, secs = run(base.with_backbones(bcfg), {bcfg.label: backbone}, None, test)
+        backbone.close()
+        k = len(right(preds, test))
+        lo, hi = wilson(k, len(test))
+        points.append({"n_train": n, "accuracy": k / len(test), "lo": lo, "hi": hi,
+                       "val_accuracy": summary["best_val_accuracy"] if summary else None,
+                       "train_seconds": summary["train_seconds"] if summary else None,
+                       "train_tokens_per_s": summary["train_tokens_per_s"] if summary else None})
+        print(f"n_train {n}: test accuracy {k / len(test):.4f} [{lo:.3f}, {hi:.3f}]", flush=True)
+
+    lines = [f"Finetune sweep: {cfg.model}, LoRA r{cfg.rank}, {cfg.epochs} epoch(s); adapter chosen on split "
+             f"{cfg.val_split}; accuracy on split test ({len(test)} questions), single pass.", "",
+             "| training questions | test accuracy [95% CI] | best val accuracy | training s | tokens/s |",
+             "| --- | --- | --- | --- | --- |"]
+    for p in points:
+        lines.append(f"| {p['n_train'] or '0 (base)'} | {p['accuracy']:.4f} [{p['lo']:.3f}, {p['hi']:.3f}] | "
+                     f"{p['val_accuracy'] or ''} | {p['train_seconds'] or ''} | {p['train_tokens_per_s'] or ''} |")
+    md = "\n".join(lines) + "\n"
+    print(md)
+    (out / "sweep.md").write_text(md)
+    (out / "sweep.json").write_text(json.dumps(points, indent=2) + "\n")
+    chart(points, out / "sweep.png", f"{Path(cfg.model).stem} + LoRA: test accuracy (n={len(test)}) by training size")
+
+
+def chart(points, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [p["n_train"] for p in points]
+    acc = [p["accuracy"] for p in points]
+    ax.errorbar(xs, acc, yerr=[[a - p["lo"] for a, p in zip(acc, points)], [p["hi"] - a for a, p in zip(acc, points)]],
+                marker="o", capsize=3)
+    ax.set_xlabel("training questions (0: the base model)")
+    ax.set_ylabel("accuracy (95% interval)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
