@@ -12,7 +12,7 @@ CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_loads(path: Path):
-    if path.name.startswith("finetune"):
+    if path.stem == "finetune":
         from finetune.config import FinetuneConfig
 
         load_config(path, FinetuneConfig)
