@@ -23,6 +23,7 @@ def backbone_pair(bcfg):
 
     raw = make_backbone(bcfg)
     answers = bcfg.model_dump(include={"model", "tokenizer", "lora", "dtype", "max_model_len"})  # what sets an answer
+    answers["model"] = os.path.expanduser(answers["model"])  # one cache, however the path was spelt
     key = CachedBackbone.key(str(answers), [])[:12]
     return raw, CachedBackbone(raw, ROOT / ".cache" / "llm" / f"{Path(bcfg.model).stem}-{key}.jsonl")
 
