@@ -30,7 +30,8 @@ import json
 import math
 from pathlib import Path
 
-from report import ROOT, backbone_pair, chart, markdown, right, row, run
+from report import ROOT, backbone_pair, chart, dev_test, markdown, right, row, run
+
 KMAX = 3  # the most worked examples a re-answer may get
 
 
@@ -198,14 +199,11 @@ def main():
 
     from index.cached import cached_index
     from solver.config import load_config
-    from solver.data import load_questions, split_of
 
     cfg = load_config(args.config)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    labelled = load_questions(args.data, labelled=True).questions
-    dev = [q for q in labelled if split_of(q.task_id) == "dev"][: args.dev_n]
-    test = [q for q in labelled if split_of(q.task_id) == "test"][: args.test_n]
+    dev, test = dev_test(args.data, args.dev_n, args.test_n)
     models = [Model(cfg, spec, dev, test) for spec in (args.model or [None])]
     index = MemoIndex(cached_index(cfg.retrieve.data, cfg.retrieve.split), k=KMAX)
     log_lines = []

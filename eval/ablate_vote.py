@@ -25,7 +25,7 @@ import argparse
 import json
 from pathlib import Path
 
-from report import ROOT, backbone_pair, chart, markdown, right, row, run
+from report import ROOT, backbone_pair, chart, dev_test, markdown, right, row, run
 
 RULES = {"mean": {"rule": "mean"}, "majority": {"rule": "majority"}, "weighted": {"rule": "weighted"},
          "weighted, train labels": {"rule": "weighted", "labelled_split": "train", "labelled_n": 300}}
@@ -67,14 +67,11 @@ def main():
 
     from index.cached import cached_index
     from solver.config import load_config
-    from solver.data import load_questions, split_of
 
     cfg = load_config(args.config)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    labelled = load_questions(args.data, labelled=True).questions
-    dev = [q for q in labelled if split_of(q.task_id) == "dev"][: args.dev_n]
-    test = [q for q in labelled if split_of(q.task_id) == "test"][: args.test_n]
+    dev, test = dev_test(args.data, args.dev_n, args.test_n)
     index = cached_index(cfg.retrieve.data, cfg.retrieve.split) if cfg.retrieve.enabled else None
     pairs = {b.label: backbone_pair(b) for b in cfg.backbones}
     raw, cached = {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}

@@ -28,6 +28,15 @@ def backbone_pair(bcfg):
     return raw, CachedBackbone(raw, ROOT / ".cache" / "llm" / f"{Path(bcfg.model).stem}-{key}.jsonl")
 
 
+def dev_test(data, dev_n=None, test_n=None):
+    """train.csv's hash splits `dev` (tuning) and `test` (reporting), optionally cut short."""
+    from solver.data import load_questions, split_of
+
+    labelled = load_questions(data, labelled=True).questions
+    return ([q for q in labelled if split_of(q.task_id) == "dev"][:dev_n],
+            [q for q in labelled if split_of(q.task_id) == "test"][:test_n])
+
+
 def run(cfg, backbones: dict, index, questions):
     """Predictions (by task_id) and seconds, in the batches `solver run` uses."""
     from solver.api import Solver

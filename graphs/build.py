@@ -57,8 +57,9 @@ class GraphRunner:
     def __init__(self, cfg: SolverConfig, backbones: dict, index=None, confusion=None):
         handlers = {label: (lambda reqs, bb=bb: bb.achoose([p for p, _ in reqs], [o for _, o in reqs]))
                     for label, bb in backbones.items()}
-        if index is not None:
-            handlers["index"] = lambda qs: index.query(qs, k=cfg.retrieve.k, min_score=cfg.retrieve.min_score)
+        if index is not None:  # neighbours serve only the re-answer: without it, no embedding at all
+            k = cfg.retrieve.k if cfg.reanswer.enabled else 0
+            handlers["index"] = lambda qs: index.query(qs, k=k, min_score=cfg.retrieve.min_score)
         handlers["vote"] = self._weighted
         self.index, self.confusion = index, confusion
         self.batcher = StepBatcher(handlers)

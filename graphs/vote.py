@@ -16,6 +16,7 @@ from solver.types import LETTERS, top_letter
 
 Votes = dict[str, dict[str, float]]
 TINY = 1e-12  # floor inside log: a zero-count cell must not veto a class (or make NaN)
+TIE = 1e-6  # the mean probability's weight in `weighted`: enough to break a tie, no more
 
 
 def mean(votes: Votes, letters: list[str]) -> dict[str, float]:
@@ -143,7 +144,14 @@ def weighted(items_votes: list[Votes], letters_list: list[list[str]],
                 for v in sorted({v for said in items for v in said} | set(confusion))}
         T = _e_step(items, n_classes, conf, np.full(k_max, 1 / k_max))
         posts = [T[i, :k] for i, k in enumerate(n_classes)]
-    return [dict(zip(letters, map(float, p))) for letters, p in zip(letters_list, posts)], conf
+    # top letters alone can tie (two equally trusted voters disagree): the voters' mean
+    # probability breaks it, at a weight too small to overturn anything else
+    out = []
+    for votes, letters, p in zip(items_votes, letters_list, posts):
+        m = mean(votes, letters)
+        p = [float(x) + TIE * m[k] for k, x in zip(letters, p)]
+        out.append({k: x / sum(p) for k, x in zip(letters, p)})
+    return out, conf
 
 
 RULES = {"majority": majority, "mean": mean}

@@ -94,6 +94,14 @@ def test_weighted_follows_the_reliable_voter():
     assert used["new"][0] == pytest.approx(np.array([1, 1 / 3, 1 / 3]) / (5 / 3))
 
 
+def test_weighted_breaks_ties_by_probability():
+    same = np.full((2, 2), 0.2) + np.eye(2) * 0.6  # two voters trusted alike, who disagree
+    for x, y, want in ((0.55, 0.8, "B"), (0.9, 0.6, "A")):
+        batch = [{"x": {"A": x, "B": 1 - x}, "y": {"A": 1 - y, "B": y}}]
+        (dist,), _ = V.weighted(batch, [["A", "B"]], {"x": same, "y": same})
+        assert top_letter(dist) == want and dist["A"] == pytest.approx(0.5, abs=1e-5)
+
+
 def test_deterministic():
     items, _, _ = synthetic(seed=1, n=200)
     a, b = V.dawid_skene(items, [4] * 200), V.dawid_skene(items, [4] * 200)
