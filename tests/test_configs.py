@@ -1,4 +1,5 @@
-"""The shipped configs load, and each single-<name>.yaml is vote.yaml with one backbone."""
+"""The shipped configs load; each single-<name>.yaml is vote.yaml with one backbone, and
+vote-served.yaml is vote.yaml with every backbone served."""
 
 from pathlib import Path
 
@@ -27,3 +28,10 @@ def test_single_configs_are_the_vote_graph_with_one_backbone():
     for b in vote.backbones:
         (single,) = [s for s in singles.values() if s.backbones == [b]]
         assert single.model_dump(exclude={"name", "backbones"}) == vote.model_dump(exclude={"name", "backbones"})
+
+
+def test_vote_served_is_the_vote_config_with_servers():
+    vote, served = (load_config(ROOT / "configs" / f"{n}.yaml") for n in ("vote", "vote-served"))
+    assert [b.kind for b in served.backbones] == ["server"] * len(vote.backbones)
+    assert [b.model_copy(update={"kind": "engine"}) for b in served.backbones] == vote.backbones
+    assert served.model_dump(exclude={"name", "backbones"}) == vote.model_dump(exclude={"name", "backbones"})
