@@ -1,11 +1,12 @@
 """Finetune data-size sweep: accuracy on held-out questions against the number of training questions.
 
 Usage: python eval/sweep_finetune.py [--config configs/finetune.yaml] [--data ../shared/codemmlu-b6/train.csv]
-                                     [--sizes 200,1000,all] [--test-n N] [--out DIR]
+                                     [--sizes 1000,200] [--test-n N] [--out DIR]
 
 For each size, `solver finetune` on the first N questions of the config's train split
-(runs/sweep/n<N>; `all` is the default run, runs/smollm2-lora, that `make finetune`
-trains: done runs are skipped, interrupted ones resume), then the merged model answers
+(`all`: every one) into runs/sweep/n<N>, or into runs/smollm2-lora when N is the
+config's own n_train: that is the default run `make finetune` trains (done runs are
+skipped, interrupted ones resume), then the merged model answers
 split `test` of the data, which neither training nor adapter selection saw, with the
 single pass of configs/baseline.yaml; size 0 is the base model. Writes DIR/sweep.md,
 DIR/sweep.json and DIR/sweep.png (accuracy with its 95% interval against size).
@@ -17,14 +18,14 @@ import argparse
 import json
 from pathlib import Path
 
-from report import ROOT, right, run
+from report import ROOT, dev_test, right, run
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "configs/finetune.yaml"))
     ap.add_argument("--data", default=str(ROOT.parent / "shared/codemmlu-b6/train.csv"))
-    ap.add_argument("--sizes", default="200,1000,all")
+    ap.add_argument("--sizes", default="1000,200")
     ap.add_argument("--test-n", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "eval" / "results" / "finetune"))
     args = ap.parse_args()
@@ -33,19 +34,18 @@ def main():
     from finetune.train import finetune
     from solver.backbone import make_backbone
     from solver.config import load_config
-    from solver.data import load_questions, split_of
     from solver.runner import wilson
 
     cfg = load_config(args.config, FinetuneConfig)
     base = load_config(ROOT / "configs/baseline.yaml")
-    test = [q for q in load_questions(args.data, labelled=True).questions if split_of(q.task_id) == "test"][: args.test_n]
+    test = dev_test(args.data, test_n=args.test_n)[1]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     models = {0: (cfg.model, None)}  # size -> (model, run summary)
     for size in args.sizes.split(","):
         n = None if size == "all" else int(size)
-        folder = ROOT / "runs" / ("smollm2-lora" if n is None else f"sweep/n{n}")
+        folder = ROOT / "runs" / ("smollm2-lora" if n == cfg.n_train else f"sweep/n{size}")
         summary = finetune(args.data, folder, cfg.model_copy(update={"n_train": n}))
         models[summary["n_train"]] = (summary["merged"], summary)
     points = []

@@ -247,6 +247,9 @@ def _train(model, train: list[Example], val: list[Example], cfg: FinetuneConfig,
                     run["best"] = {"step": run["step"], "val_accuracy": acc, "val_loss": vloss}
                 checkpoint()
                 bar.update(task, description=describe())
+                if not quiet:  # a line per validation, also where the bar cannot redraw (a log file)
+                    bar.console.print(f"step {run['step']}/{steps}: {describe()} "
+                                      f"({run['tokens'] / max(run['seconds'], 1e-9):.0f} tokens/s)", highlight=False)
     return run | {"steps": steps}
 
 

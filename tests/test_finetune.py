@@ -178,3 +178,40 @@ def test_bad_out_and_config_are_refused(tmp_path):
     bad.write_text("rnak: 8\n")
     with pytest.raises(ConfigError, match="field 'rnak'"):
         load_config(bad, model=FinetuneConfig)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A run that moves the model far enough to tell apart from its base (lr 5e-3, 8 steps)."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    finetune(SAMPLE, out, FinetuneConfig(**TINY | {"n_train": 16, "lr": 5e-3, "warmup": 0.0}), quiet=True)
+    return out
+
+
+def test_vllm_answers_with_the_merged_model_and_with_the_adapter(trained, questions, engine_solver):
+    """What `configs/finetuned.yaml` does (the merged folder as the model) and what vLLM's
+    LoRA support does (base + adapter) give the same answers, and not the base's."""
+    from solver.api import Solver
+    from solver.config import SolverConfig
+    from tests.conftest import SMALL
+
+    qs = questions[:12]
+    probs = {"base": engine_solver.solve_batch(qs)}
+    for name, bb in {"merged": {"model": str(trained / "merged")}, "adapter": {"lora": str(trained / "adapter")}}.items():
+        solver = Solver(SolverConfig.model_validate({"backbone": SMALL | bb}))
+        try:
+            probs[name] = solver.solve_batch(qs)
+        finally:
+            solver.close()
+
+    def gap(a, b):
+        """Mean absolute difference of the option probabilities, over every option of every question."""
+        d = [abs(x.probabilities[k] - y.probabilities[k]) for x, y in zip(probs[a], probs[b]) for k in x.probabilities]
+        return sum(d) / len(d)
+
+    assert all(p.letter in q.letters for name in probs for p, q in zip(probs[name], qs))
+    same = sum(m.letter == a.letter for m, a in zip(probs["merged"], probs["adapter"]))
+    seen = {"merged~adapter": gap("merged", "adapter"), "merged~base": gap("merged", "base"), "same letters": same}
+    # bf16 rounds the merged weights and the adapter's path differently: close, not equal
+    assert seen["merged~adapter"] < 0.02 and seen["merged~base"] > 4 * seen["merged~adapter"], seen
+    assert same >= len(qs) - 1, seen
