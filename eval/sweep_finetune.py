@@ -68,12 +68,17 @@ def main():
              "| --- | --- | --- | --- | --- |"]
     for p in points:
         lines.append(f"| {p['n_train'] or '0 (base)'} | {p['accuracy']:.4f} [{p['lo']:.3f}, {p['hi']:.3f}] | "
-                     f"{p['val_accuracy'] or ''} | {p['train_seconds'] or ''} | {p['train_tokens_per_s'] or ''} |")
+                     f"{fmt(p['val_accuracy'])} | "
+                     f"{p['train_seconds'] or ''} | {p['train_tokens_per_s'] or ''} |")
     md = "\n".join(lines) + "\n"
     print(md)
     (out / "sweep.md").write_text(md)
     (out / "sweep.json").write_text(json.dumps(points, indent=2) + "\n")
     chart(points, out / "sweep.png", f"{Path(cfg.model).stem} + LoRA: test accuracy (n={len(test)}) by training size")
+
+
+def fmt(x) -> str:
+    return "" if x is None else f"{x:.4f}"
 
 
 def chart(points, path, title):
