@@ -190,19 +190,24 @@ def trained(tmp_path_factory):
 
 def test_vllm_answers_with_the_merged_model_and_with_the_adapter(trained, questions, engine_solver):
     """What `configs/finetuned.yaml` does (the merged folder as the model) and what vLLM's
-    LoRA support does (base + adapter) give the same answers, and not the base's."""
+    LoRA support does (a server with base + adapter) give the same answers, and not the
+    base's. Real vLLM servers: a second in-process engine, once closed, would tear down
+    the parallel state the session's engine shares."""
     from solver.api import Solver
-    from solver.config import SolverConfig
+    from solver.config import BackboneConfig, SolverConfig
+    from solver.server import start_server, stop_server
     from tests.conftest import SMALL
 
     qs = questions[:12]
     probs = {"base": engine_solver.solve_batch(qs)}
     for name, bb in {"merged": {"model": str(trained / "merged")}, "adapter": {"lora": str(trained / "adapter")}}.items():
-        solver = Solver(SolverConfig.model_validate({"backbone": SMALL | bb}))
+        proc, url = start_server(BackboneConfig(**SMALL | bb))
         try:
+            solver = Solver(SolverConfig.model_validate({"backbone": SMALL | bb | {"kind": "server", "base_url": url}}))
             probs[name] = solver.solve_batch(qs)
-        finally:
             solver.close()
+        finally:
+            stop_server(proc)
 
     def gap(a, b):
         """Mean absolute difference of the option probabilities, over every option of every question."""
