@@ -202,11 +202,13 @@ def test_vllm_answers_with_the_merged_model_and_with_the_adapter(trained, questi
     probs = {"base": engine_solver.solve_batch(qs)}
     for name, bb in {"merged": {"model": str(trained / "merged")}, "adapter": {"lora": str(trained / "adapter")}}.items():
         proc, url = start_server(BackboneConfig(**SMALL | bb))
+        solver = None
         try:
             solver = Solver(SolverConfig.model_validate({"backbone": SMALL | bb | {"kind": "server", "base_url": url}}))
             probs[name] = solver.solve_batch(qs)
-            solver.close()
         finally:
+            if solver is not None:
+                solver.close()
             stop_server(proc)
 
     def gap(a, b):
