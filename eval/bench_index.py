@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from index.embed import cpu_has_bf16, embed_texts, load_model, question_text  # noqa: E402
+from index.embed import embed_texts, load_model, question_text  # noqa: E402
+from solver.hardware import cpu_has_bf16, describe, pick_dtype  # noqa: E402
 from index.store import DEFAULT_EF_SEARCH, DEFAULT_NPROBE, Index, ivf_nlist, make_index  # noqa: E402
 from solver.data import load_questions  # noqa: E402
 
@@ -81,6 +82,7 @@ def bf16_support() -> str:
 
 def bench_embed(texts: list[str], rounds: int = 2) -> None:
     print(f"\n== embed: all-MiniLM-L6-v2 on {len(texts)} training texts (random sample), torch threads {_threads()}")
+    print(describe(pick_dtype()))
     print(bf16_support())
     models = {"float32": load_model(dtype="float32"), "bfloat16": load_model(dtype="bfloat16")}
     pieces = sum(min(len(models["float32"].tokenizer(t)["input_ids"]), models["float32"].max_seq_length) for t in texts)
@@ -249,7 +251,7 @@ def main():
         rng = np.random.default_rng(0)
         bench_embed([question_text(qs[i]) for i in rng.choice(len(qs), min(args.n_embed, len(qs)), replace=False)])
     if not args.skip_train:
-        dtype = ("bfloat16" if cpu_has_bf16() else "float32") if args.dtype == "auto" else args.dtype
+        dtype = pick_dtype(args.dtype)
         bench_train(data, Path(args.queries_from), dtype, args.n_single, args.n_batch)
     kinds = ("clustered", "uniform") if args.synthetic == "both" else (args.synthetic,)
     for n in [int(s) for s in args.scale.split(",") if s.strip()]:

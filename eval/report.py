@@ -19,10 +19,10 @@ def backbone_pair(bcfg):
     """(uncached backbone for timing, the same behind the on-disk answer cache). At
     temperature 0 the same prompt gets the same answer, and ablations ask the same prompts
     under many configs: each is sent once, whichever script asks first."""
-    from solver.backbone import CachedBackbone, make_backbone
+    from solver.backbone import CachedBackbone, make_backbone, run_dtype
 
     raw = make_backbone(bcfg)
-    answers = bcfg.model_dump(include={"model", "tokenizer", "lora", "dtype", "max_model_len"})  # what sets an answer
+    answers = bcfg.model_dump(include={"model", "tokenizer", "lora", "max_model_len"}) | {"dtype": run_dtype(bcfg)}  # what sets an answer
     answers["model"] = os.path.expanduser(answers["model"])  # one cache, however the path was spelt
     key = CachedBackbone.key(str(answers), [])[:12]
     return raw, CachedBackbone(raw, ROOT / ".cache" / "llm" / f"{Path(bcfg.model).stem}-{key}.jsonl")
@@ -68,7 +68,9 @@ def row(name, preds, questions, ok, seconds=None, flips=None) -> dict:
 
 
 def markdown(table) -> list[str]:
-    lines = list(HEADER)
+    from solver.hardware import describe, pick_dtype
+
+    lines = [f"Timed on {describe(pick_dtype())} (dtype: auto).", "", *HEADER]
     for r in table:
         flips = f"{r['flips'][0]} / {r['flips'][1]}" if r["flips"] else ""
         sq = f"{r['s_per_q']:.3f}" if r["s_per_q"] else ""

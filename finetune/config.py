@@ -39,7 +39,7 @@ class FinetuneConfig(Strict):
     retrieval: bool = False
     k: int = Field(3, ge=0)
     min_score: float = 0.5  # neighbours below this cosine are never examples
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on CUDA or a bf16 CPU, else float32
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: solver.hardware (bf16 where native, fp16 on old GPUs, else fp32)
     merge: bool = True  # also write the base with the best adapter merged in (out/merged), for vLLM
 
     @model_validator(mode="after")

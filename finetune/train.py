@@ -43,12 +43,10 @@ def fingerprint(data_sha256: str, cfg: FinetuneConfig) -> str:
 
 
 def pick_dtype(name: str, device: str) -> torch.dtype:
-    """auto: bfloat16 where it is native (CUDA, a CPU with AVX512-BF16/AMX), else float32."""
-    if name == "auto":
-        from index.embed import cpu_has_bf16
+    """`name`, or for auto the dtype the hardware computes natively (solver.hardware)."""
+    from solver.hardware import pick_dtype as pick
 
-        return torch.bfloat16 if device == "cuda" or cpu_has_bf16() else torch.float32
-    return getattr(torch, name)
+    return getattr(torch, pick(name, device))
 
 
 def load_model(path: str, cfg: FinetuneConfig, device: str, dtype: torch.dtype):
@@ -84,11 +82,13 @@ def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(*answer_logits(model, batch))
 
 
-def train_batch(model, examples: list[Example], device: str, scale: float = 1.0) -> tuple[float, int]:
-    """Forward and backward of one micro-batch; (its loss, its real tokens)."""
+def train_batch(model, examples: list[Example], device: str, scale: float = 1.0,
+                scaler: torch.amp.GradScaler | None = None) -> tuple[float, int]:
+    """Forward and backward of one micro-batch; (its loss, its real tokens). `scaler`
+    scales the loss so that float16 gradients do not underflow (a no-op when disabled)."""
     batch = {k: v.to(device) for k, v in collate(examples).items()}
     loss = answer_loss(model, batch)
-    (loss * scale).backward()
+    (scaler.scale(loss * scale) if scaler else loss * scale).backward()
     return loss.item(), int(batch["attention_mask"].sum())
 
 
@@ -180,7 +180,7 @@ def _schedule(train: list[Example], cfg: FinetuneConfig) -> list[list[int]]:
 
 
 def _train(model, train: list[Example], val: list[Example], cfg: FinetuneConfig, out: Path, fp: str,
-           device: str, quiet: bool) -> dict:
+           device: str, dtype: torch.dtype, quiet: bool) -> dict:
     """The loop, from out/checkpoint.pt when it holds this run; the run's state at the end:
     step, best, history (step 0: the base model), training seconds and tokens."""
     from transformers import get_linear_schedule_with_warmup
@@ -190,19 +190,21 @@ def _train(model, train: list[Example], val: list[Example], cfg: FinetuneConfig,
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup * steps), steps)
+    scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)  # float16 only: a GPU without bf16
     eval_batch = 2 * cfg.batch_size  # no activations kept for backward
     ckpt = out / "checkpoint.pt"
 
     def checkpoint() -> None:
         adapter = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
         _save_checkpoint(ckpt, {"fingerprint": fp, "adapter": adapter, "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict(), "rng": _rng_state(), **run})
+                                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(), **run})
 
     saved = torch.load(ckpt, map_location="cpu", weights_only=True) if ckpt.is_file() else None
     if saved and saved["fingerprint"] == fp:
         model.load_state_dict(saved["adapter"], strict=False)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved.get("scaler") or {})
         _set_rng_state(saved["rng"])
         run = {k: saved[k] for k in ("step", "best", "history", "seconds", "tokens")}
     else:
@@ -225,10 +227,11 @@ def _train(model, train: list[Example], val: list[Example], cfg: FinetuneConfig,
         task = bar.add_task(describe(), total=sum(sizes), completed=sum(sizes[:start]))
         for i in range(start, len(schedule)):
             t0 = time.perf_counter()
-            loss, tokens = train_batch(model, [train[j] for j in schedule[i]], device, 1 / cfg.grad_accum)
+            loss, tokens = train_batch(model, [train[j] for j in schedule[i]], device, 1 / cfg.grad_accum, scaler)
             stepped = (i + 1) % cfg.grad_accum == 0
             if stepped:
-                optimizer.step()
+                scaler.step(optimizer)  # skipped when float16 gradients overflowed
+                scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 run["step"] += 1
@@ -283,7 +286,7 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig, quiet: bool
     if not train or not val:
         which = "training" if not train else "validation"
         raise DataError(f"{data}: every {which} question overflows max_len {cfg.max_len}, even with its text cut")
-    run = _train(model, train, val, cfg, out, fp, device, quiet)
+    run = _train(model, train, val, cfg, out, fp, device, dtype, quiet)
     del model  # the merge loads a fresh base
     if cfg.merge:
         merge(path, out / "adapter", out / "merged")

@@ -54,14 +54,14 @@ class GraphRunner:
     """Runs questions through the compiled graph, one coroutine each, one call per step
     and backbone (`backbones`: label -> Backbone, in the config's order)."""
 
-    def __init__(self, cfg: SolverConfig, backbones: dict, index=None, confusion=None):
+    def __init__(self, cfg: SolverConfig, backbones: dict, index=None, confusion=None, hardware: dict | None = None):
         handlers = {label: (lambda reqs, bb=bb: bb.achoose([p for p, _ in reqs], [o for _, o in reqs]))
                     for label, bb in backbones.items()}
         if index is not None:  # neighbours serve only the re-answer: without it, no embedding at all
             k = cfg.retrieve.k if cfg.reanswer.enabled else 0
             handlers["index"] = lambda qs: index.query(qs, k=k, min_score=cfg.retrieve.min_score)
         handlers["vote"] = self._weighted
-        self.index, self.confusion = index, confusion
+        self.index, self.confusion, self.hardware = index, confusion, hardware or {}
         self.batcher = StepBatcher(handlers)
         nodes = make_nodes(cfg, backbones, self.batcher, index)
         self.graph = build_graph(cfg, {name: self.batcher.node(fn) for name, fn in nodes.items()})
@@ -83,6 +83,6 @@ class GraphRunner:
         states = asyncio.run(self._all(questions))
         return [
             Prediction(task_id=q.task_id, letter=s.get("letter"), probabilities=s.get("final") or {}, error=s.get("error"),
-                       trace=s["trace"] + [{"step": "cost", "calls": s.get("calls", 0), "tokens": s.get("tokens", 0)}])
+                       trace=s["trace"] + [{"step": "cost", "calls": s.get("calls", 0), "tokens": s.get("tokens", 0)} | self.hardware])
             for q, s in zip(questions, states)
         ]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from index.embed import DEFAULT_MODEL, cpu_has_bf16
+from index.embed import DEFAULT_MODEL
 from index.store import Index
 from solver.data import DataError, load_questions, split_of
+from solver.hardware import pick_dtype
 from solver.journal import sha256_file
 
 CACHE = Path(".cache") / "index"
@@ -17,9 +18,9 @@ def cached_index(data: str, split: str | None = None, model: str = DEFAULT_MODEL
     """Index the labelled questions of `data` (only the hash split `split`, if given):
     evaluating on another split of the same file then never sees its own rows.
 
-    The encoder runs in bf16 where the CPU has it natively (2.5x faster, cosine to fp32
-    >= 0.9999, eval/bench_index.py): the graph embeds every question it answers."""
-    dtype = "bfloat16" if cpu_has_bf16() else "float32"
+    The encoder runs in bf16 where the hardware has it natively (2.5x faster on such a CPU,
+    cosine to fp32 >= 0.9999, eval/bench_index.py), else in float32."""
+    dtype = pick_dtype()
     if not Path(data).is_file():
         raise DataError(f"{data}: no such file (the solved questions to index: retrieve.data)")
     key = hashlib.sha256(f"{sha256_file(data)} {split} {model} {dtype}".encode()).hexdigest()[:16]

@@ -26,7 +26,7 @@ def build(
     kind: str = typer.Option("auto", "--kind", help="flat (exact), ivf or hnsw (approximate); auto: flat below 100k questions, else ivf."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF: lists probed per query (default 32)."),
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW: candidates kept per query (default 96)."),
-    dtype: str = typer.Option("float32", "--dtype", help="Encoder precision: float32, or bfloat16 (~2x faster on CPUs with AVX512-BF16/AMX)."),
+    dtype: str = typer.Option("auto", "--dtype", help="Encoder precision: auto (bf16 where the hardware computes it natively, else float32), float32, bfloat16 or float16."),
     batch_size: int = typer.Option(64, "--batch-size", help="Texts per embedding batch."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from solver.console import progress_bar
+from solver.hardware import DTYPES, pick_dtype
 from solver.prompts import question_text as prompt_question_text
 from solver.types import Question, UserError
 
@@ -82,17 +83,16 @@ def resolve_model(spec: str) -> tuple[str, bool]:
     raise EmbedModelError(f"embedding model '{spec}': not '{DEFAULT_MODEL}', a local folder or a hub id")
 
 
-DTYPES = ("float32", "bfloat16")
-
-
-def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: str = "float32"):
+def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: str = "auto"):
     """A SentenceTransformer; local models are loaded with the hub switched off.
 
-    dtype bfloat16 runs the encoder in bf16 (about 2x faster on CPUs with AVX512-BF16 or
-    AMX; cosine to the float32 vectors ~0.9999); the vectors are float32 either way.
+    dtype auto: bf16 where the hardware computes it (2.5x faster on a CPU with AVX512-BF16
+    or AMX; cosine to the float32 vectors ~0.9999), else float32 (solver.hardware); the
+    vectors are float32 either way.
     """
     if dtype not in DTYPES:
         raise EmbedModelError(f"embedding dtype '{dtype}': not one of {', '.join(DTYPES)}")
+    dtype = pick_dtype(dtype, device)
     target, local = resolve_model(spec)
     if local:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when huggingface_hub is imported
@@ -106,20 +106,11 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: str 
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EmbedModelError(f"embedding model '{spec}': cannot be loaded ({first})") from None
-    if dtype == "bfloat16":
+    if dtype != "float32":
         import torch
 
-        model.to(torch.bfloat16)
+        model.to(getattr(torch, dtype))
     return model
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU does bf16 matmuls natively (AVX512-BF16 or AMX); else bf16 is emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
 def dimension(model) -> int:
@@ -130,9 +121,9 @@ def dimension(model) -> int:
 _LOADED: dict[tuple[str, str | None, str], object] = {}
 
 
-def get_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: str = "float32"):
+def get_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: str = "auto"):
     """`load_model`, once per process for each model and dtype."""
-    key = (canonical_name(spec), device, dtype)
+    key = (canonical_name(spec), device, pick_dtype(dtype, device))
     if key not in _LOADED:
         _LOADED[key] = load_model(spec, device, dtype)
     return _LOADED[key]

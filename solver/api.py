@@ -8,6 +8,7 @@ from pathlib import Path
 from solver.backbone import Backbone, make_backbone
 from solver.config import SolverConfig, load_config
 from solver.data import DataError
+from solver.hardware import machine
 from solver.prompts import PromptTooLong, answer_prompt
 from solver.types import Prediction, Question, top_letter
 
@@ -37,6 +38,11 @@ class Solver:
         self._graph = None
 
     @property
+    def hardware(self) -> dict:
+        """What every trace's cost step records: where it ran, and in which dtype."""
+        return {"dtype": {label: bb.dtype for label, bb in self.backbones.items()}, "machine": machine()}
+
+    @property
     def backbone(self) -> Backbone:
         """The first backbone: the single pass's, and the one that verifies and re-answers."""
         return next(iter(self.backbones.values()))
@@ -60,7 +66,7 @@ class Solver:
 
                 confusion = labelled_confusion(self.config, self.backbones)
             index = self.index if self.config.retrieve.enabled else None
-            self._graph = GraphRunner(self.config, self.backbones, index, confusion)
+            self._graph = GraphRunner(self.config, self.backbones, index, confusion, self.hardware)
         return self._graph
 
     @classmethod
@@ -96,7 +102,7 @@ class Solver:
         results = self.backbone.choose([p.text for _, p in asked], [q.letters for q, _ in asked]) if asked else []
         for (q, prompt), probs in zip(asked, results):
             step = {"step": "answer", "backbone": self.backbone.name, "probabilities": probs, "truncated": prompt.cut}
-            cost = {"step": "cost", "calls": 1, "tokens": prompt.tokens}
+            cost = {"step": "cost", "calls": 1, "tokens": prompt.tokens} | self.hardware
             if probs is None:
                 self.stats["unread"] += 1
                 preds[q.task_id] = Prediction(task_id=q.task_id, letter=None, trace=[step, cost])

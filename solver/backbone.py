@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 
 from solver.config import BackboneConfig
+from solver.hardware import cpu_engine_env, cpu_has_bf16, cuda_capability, pick_dtype
 from solver.models import ModelError, resolve_model
 
 MAX_LOGPROBS = 32  # at least 26 letters; what the engine is started to allow
@@ -46,6 +47,24 @@ def option_probabilities(top: dict[int, float], options: list[str], decode) -> d
     return {o: m / total for o, m in mass.items()}
 
 
+def run_dtype(cfg: BackboneConfig) -> str:
+    """The dtype `cfg` answers in: this machine's choice, except on a server elsewhere (base_url),
+    which chose its own."""
+    return cfg.dtype if cfg.kind == "server" and cfg.base_url else pick_dtype(cfg.dtype)
+
+
+def engine_dtype(cfg: BackboneConfig) -> str:
+    """The dtype a local engine runs `cfg` in; a config that forces bf16 on a CPU that only
+    emulates it gets a warning the user can act on."""
+    dtype = run_dtype(cfg)
+    if dtype == "bfloat16" and cuda_capability() is None and not cpu_has_bf16():
+        from solver.console import warn
+
+        warn(f"backbone '{cfg.label}' runs in bfloat16, which this CPU emulates (no AVX512-BF16/AMX): "
+             "about 5x slower than float32; set dtype: auto")
+    return dtype
+
+
 def lora_rank(adapter: str) -> int:
     """The rank vLLM must be started for: the adapter's, rounded up to one vLLM supports."""
     config = Path(adapter) / "adapter_config.json"
@@ -62,6 +81,7 @@ class Backbone(ABC):
         self.cfg = cfg
         self.name = cfg.served_name or cfg.model
         self.max_model_len = cfg.max_model_len
+        self.dtype = run_dtype(cfg)
         self._decoded: dict[int, str] = {}
 
     @property
@@ -90,8 +110,9 @@ class EngineBackbone(Backbone):
 
     def __init__(self, cfg: BackboneConfig):
         super().__init__(cfg)
-        if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(max(1, cfg.kv_cache_gb)))
+        self.dtype = engine_dtype(cfg)
+        if cuda_capability() is None:
+            os.environ.update(cpu_engine_env(cfg.kv_cache_gb))
         from vllm import LLM
 
         path = resolve_model(cfg.model)
@@ -105,7 +126,7 @@ class EngineBackbone(Backbone):
         args = lora | dict(
             model=path,
             tokenizer=resolve_model(cfg.tokenizer) if cfg.tokenizer else path,
-            dtype=cfg.dtype,
+            dtype=self.dtype,
             max_model_len=cfg.max_model_len,
             enforce_eager=cfg.enforce_eager,
             max_logprobs=MAX_LOGPROBS,

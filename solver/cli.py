@@ -16,24 +16,32 @@ import typer
 
 # An in-process engine: no spawned engine process to outlive a killed run. Quiet logs.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from index.cli import app as index_app  # noqa: E402
 from solver.config import load_config  # noqa: E402
-from solver.console import err, fail, out, reported, skipped_note  # noqa: E402
+from solver.console import chatter_to_log, err, fail, log_note, out, reported, skipped_note  # noqa: E402
 from solver.data import load_questions, split_of  # noqa: E402
 from solver.journal import Journal, atomic_write, submission_csv, traces_jsonl  # noqa: E402
+from solver.backbone import run_dtype  # noqa: E402
+from solver.hardware import machine  # noqa: E402
 from solver.models import resolve_model  # noqa: E402
 from solver.runner import answer_all, fingerprint, score  # noqa: E402
 
+VERBOSE = typer.Option(False, "--verbose", "-v", help="Engine and library logs here, not in .cache/logs/.")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 app.add_typer(index_app, name="index")
 
 
 def _journal_path(path: Path) -> Path:
     return path.with_name(path.name + ".journal.jsonl")
+
+
+def _ran_on(config) -> str:
+    """Where and in which dtype the answers were computed, for the summary."""
+    dtypes = ", ".join(f"{b.label} {run_dtype(b)}" for b in config.backbones)
+    return f"on {machine()}: {dtypes}"
 
 
 def _solve(config, data: Path, questions, journal_path: Path, quiet: bool):
@@ -65,24 +73,29 @@ def run(
     limit: Optional[int] = typer.Option(None, "--limit", help="Answer only the first N questions."),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Write each question's trace (JSONL)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    verbose: bool = VERBOSE,
 ):
     """Answer a questions file and write a submission CSV; resumable."""
-    with reported():
-        cfg = load_config(config)
-        questions = load_questions(input).questions[:limit]
-        preds, stats, fresh, secs = _solve(cfg, input, questions, _journal_path(output), quiet)
-    unread = [q.task_id for q in questions if not preds[q.task_id].read]
-    if trace:
-        atomic_write(trace, traces_jsonl(questions, preds))
-    if unread:
-        fail(f"{len(unread)} answers could not be read (first: {unread[0]}); answered ones are journaled, run again to retry", 1)
-    atomic_write(output, submission_csv(questions, preds))
-    out.print(f"wrote {output.resolve()} ({len(questions)} answers; {fresh} new at "
-              f"{fresh / secs if secs and fresh else 0:.2f} q/s; {stats.get('truncated', 0)} cut to fit the context)", highlight=False)
-    labelled = [q for q in questions if q.answer]
-    if labelled:
-        s = score(labelled, preds)
-        out.print(f"accuracy on the {s['count']} labelled questions: {s['accuracy']:.3f}", highlight=False)
+    with chatter_to_log(verbose):
+        with reported():
+            cfg = load_config(config)
+            questions = load_questions(input).questions[:limit]
+            preds, stats, fresh, secs = _solve(cfg, input, questions, _journal_path(output), quiet)
+        unread = [q.task_id for q in questions if not preds[q.task_id].read]
+        if trace:
+            atomic_write(trace, traces_jsonl(questions, preds))
+        if unread:
+            fail(f"{len(unread)} answers could not be read (first: {unread[0]}); answered ones are journaled, run again to retry", 1)
+        atomic_write(output, submission_csv(questions, preds))
+        out.print(f"wrote {output.resolve()} ({len(questions)} answers; {fresh} new at "
+                  f"{fresh / secs if secs and fresh else 0:.2f} q/s; {stats.get('truncated', 0)} cut to fit the context)", highlight=False)
+        if fresh:
+            out.print(_ran_on(cfg), highlight=False)
+        labelled = [q for q in questions if q.answer]
+        if labelled:
+            s = score(labelled, preds)
+            out.print(f"accuracy on the {s['count']} labelled questions: {s['accuracy']:.3f}", highlight=False)
+        log_note()
 
 
 @app.command("eval")
@@ -93,29 +106,33 @@ def evaluate(
     split: str = typer.Option("all", "--split", help="all, or the fixed hash split: train, dev or test."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON (resumable beside it)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    verbose: bool = VERBOSE,
 ):
     """Accuracy (overall, per group, with a 95% interval) on labelled data."""
-    if split not in ("all", "train", "dev", "test"):
-        fail(f"--split: '{split}' is not one of all, train, dev, test")
-    with reported():
-        cfg = load_config(config)
-        loaded = load_questions(data, labelled=True)
-        questions = [q for q in loaded.questions if split == "all" or split_of(q.task_id) == split][:limit]
-        jpath = _journal_path(json_out) if json_out else Path(".cache") / f"eval-{cfg.name}-{data.stem}-{split}.journal.jsonl"
-        preds, stats, fresh, secs = _solve(cfg, data, questions, jpath, quiet)
-    m = score(questions, preds)
-    m.update(config=cfg.name, data=str(data), split=split, truncated=stats.get("truncated", 0),
-             skipped_rows=dict(loaded.skipped), labels_normalised=loaded.relabelled,
-             seconds=round(secs, 2), questions_per_s=round(fresh / secs, 3) if secs and fresh else None)
-    lo, hi = m["interval95"]
-    out.print(f"accuracy {m['accuracy']:.4f} [{lo:.3f}, {hi:.3f}] on {m['count']} questions "
-              f"({m['unread']} unread, {m['truncated']} cut{skipped_note(loaded)})", highlight=False)
-    for g, v in m["groups"].items():
-        out.print(f"  {g:>20}: {v['accuracy']:.4f} ({v['count']})", highlight=False)
-    if m["questions_per_s"]:
-        out.print(f"{m['questions_per_s']:.2f} questions/s", highlight=False)
-    if json_out:
-        atomic_write(json_out, json.dumps(m, indent=2) + "\n")
+    with chatter_to_log(verbose):
+        if split not in ("all", "train", "dev", "test"):
+            fail(f"--split: '{split}' is not one of all, train, dev, test")
+        with reported():
+            cfg = load_config(config)
+            loaded = load_questions(data, labelled=True)
+            questions = [q for q in loaded.questions if split == "all" or split_of(q.task_id) == split][:limit]
+            jpath = _journal_path(json_out) if json_out else Path(".cache") / f"eval-{cfg.name}-{data.stem}-{split}.journal.jsonl"
+            preds, stats, fresh, secs = _solve(cfg, data, questions, jpath, quiet)
+        m = score(questions, preds)
+        m.update(config=cfg.name, data=str(data), split=split, truncated=stats.get("truncated", 0),
+                 skipped_rows=dict(loaded.skipped), labels_normalised=loaded.relabelled,
+                 seconds=round(secs, 2), questions_per_s=round(fresh / secs, 3) if secs and fresh else None,
+                 machine=machine(), dtype={b.label: run_dtype(b) for b in cfg.backbones})
+        lo, hi = m["interval95"]
+        out.print(f"accuracy {m['accuracy']:.4f} [{lo:.3f}, {hi:.3f}] on {m['count']} questions "
+                  f"({m['unread']} unread, {m['truncated']} cut{skipped_note(loaded)})", highlight=False)
+        for g, v in m["groups"].items():
+            out.print(f"  {g:>20}: {v['accuracy']:.4f} ({v['count']})", highlight=False)
+        if m["questions_per_s"]:
+            out.print(f"{m['questions_per_s']:.2f} questions/s {_ran_on(cfg)}", highlight=False)
+        if json_out:
+            atomic_write(json_out, json.dumps(m, indent=2) + "\n")
+        log_note()
 
 
 @app.command()
@@ -138,38 +155,44 @@ def finetune(
     run_dir: Path = typer.Option(..., "--out", "-o", help="Run folder: adapter/, merged/, run.json."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Finetune YAML config."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    verbose: bool = VERBOSE,
 ):
     """LoRA-finetune the answer model on the solver's own prompts (loss on the answer only);
     skips a run already done, resumes an interrupted one."""
-    with reported(f"the last validation's checkpoint is in {run_dir / 'checkpoint.pt'}"):
-        from finetune.config import FinetuneConfig
-        from finetune.train import finetune as train
+    with chatter_to_log(verbose):
+        with reported(f"the last validation's checkpoint is in {run_dir / 'checkpoint.pt'}"):
+            from finetune.config import FinetuneConfig
+            from finetune.train import finetune as train
 
-        summary = train(data, run_dir, load_config(config, FinetuneConfig), quiet=quiet)
-    merged = f"; merged model: {run_dir / 'merged'}" if (run_dir / "merged" / "config.json").is_file() else ""
-    out.print(f"adapter: {run_dir / 'adapter'}{merged}; validation accuracy {summary['base_val_accuracy']:.4f} (base) -> "
-              f"{summary['best_val_accuracy']:.4f} at step {summary['best_step']}/{summary['steps']} "
-              f"on {summary['n_val']} questions", highlight=False)
+            summary = train(data, run_dir, load_config(config, FinetuneConfig), quiet=quiet)
+        merged = f"; merged model: {run_dir / 'merged'}" if (run_dir / "merged" / "config.json").is_file() else ""
+        out.print(f"adapter: {run_dir / 'adapter'}{merged}; validation accuracy {summary['base_val_accuracy']:.4f} (base) -> "
+                  f"{summary['best_val_accuracy']:.4f} at step {summary['best_step']}/{summary['steps']} "
+                  f"on {summary['n_val']} questions", highlight=False)
+        log_note()
 
 
 @app.command()
 def serve(
     config: Path = typer.Option(..., "--config", "-c", help="Solver YAML config: its kind-server backbones."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address the servers bind to."),
+    verbose: bool = VERBOSE,
 ):
     """Start a vLLM server per backbone of a config that has kind: server and no base_url;
     `solver run`/`eval` with the config then use them. Ctrl-C or SIGTERM stops them all."""
-    from solver.server import serve_all
+    with chatter_to_log(verbose):
+        from solver.server import serve_all
 
-    with reported():
-        cfg = load_config(config)
-        todo = [b for b in cfg.backbones if b.kind == "server" and not b.base_url]
-        if not todo:
-            fail(f"{config}: no backbone has kind: server without a base_url, so there is nothing to serve")
-        for b in todo:  # a bad model name fails here, in one line, before any server starts
-            resolve_model(b.model)
-        status = serve_all(todo, host, say=lambda m: err.print(m, highlight=False, markup=False))
-    raise typer.Exit(status)
+        with reported():
+            cfg = load_config(config)
+            todo = [b for b in cfg.backbones if b.kind == "server" and not b.base_url]
+            if not todo:
+                fail(f"{config}: no backbone has kind: server without a base_url, so there is nothing to serve")
+            for b in todo:  # a bad model name fails here, in one line, before any server starts
+                resolve_model(b.model)
+            status = serve_all(todo, host, say=lambda m: err.print(m, highlight=False, markup=False))
+        log_note()
+        raise typer.Exit(status)
 
 
 def main():  # pragma: no cover

@@ -31,10 +31,12 @@ class BackboneConfig(Strict):
     served_name: str | None = None  # the server's model id; default: model
     tokenizer: str | None = None  # default: the model's own
     lora: str | None = None  # a peft LoRA adapter folder, applied by vLLM on top of `model`
-    dtype: str = "bfloat16"
+    # auto: bfloat16 where the hardware computes it (a GPU of capability >= 8.0, a CPU with
+    # AVX512-BF16/AMX), float16 on older GPUs, float32 on other CPUs (bf16 emulated: ~5x slower)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_model_len: int = 4096
     enforce_eager: bool = True  # CUDA graphs/compile cost ~50 s per start on CPU
-    kv_cache_gb: float = 2.0  # CPU only: VLLM_CPU_KVCACHE_SPACE
+    kv_cache_gb: float | None = None  # CPU only: KV-cache GiB; None: a quarter of free memory, 1-8
     gpu_memory_utilization: float = 0.85
     max_num_seqs: int = 128
     concurrency: int = 32  # server: requests in flight at once

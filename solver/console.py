@@ -1,8 +1,20 @@
-"""What every CLI command shares: the consoles and the one-line error exits."""
+"""What every CLI command shares: the consoles, the log file, and the one-line error exits.
+
+A user sees our progress bar, summary and warnings; everything else (vLLM, transformers,
+torch's C++ warnings, tqdm bars) goes to a log file. Those libraries write to the
+process's file descriptors 1 and 2 directly, so filtering Python loggers would not be
+enough: while a command runs, fds 1 and 2 point at the log, and our two consoles keep
+copies of the real ones.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+import traceback
 from contextlib import contextmanager
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -14,6 +26,53 @@ from solver.types import UserError
 
 out = Console()
 err = Console(stderr=True)
+LOGS = Path(".cache") / "logs"
+log_path: Path | None = None  # the log file of the running command, if any
+
+
+@contextmanager
+def chatter_to_log(verbose: bool = False, name: str = "solver"):
+    """Send fds 1 and 2 to `.cache/logs/NAME-TIME-PID.log` for the duration; yields its path.
+    `verbose`, or streams that are not real fds (a test's CliRunner): nothing moves, None."""
+    global log_path
+    try:
+        real = sys.stdout.fileno() == 1 and sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        real = False
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if verbose or real else "WARNING")
+    if verbose or not real:
+        yield None
+        return
+    LOGS.mkdir(parents=True, exist_ok=True)
+    path = LOGS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    out.file, err.file = os.fdopen(os.dup(saved[0]), "w"), os.fdopen(os.dup(saved[1]), "w")
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    log_path = path
+    try:
+        yield path
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for console in (out, err):
+            console.file.flush()
+            console.file.close()
+            console.file = None  # back to sys.stdout / sys.stderr
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+        log_path = None
+
+
+def warn(message: str) -> None:
+    """A warning the user can act on: on the terminal, whatever goes to the log file."""
+    err.print(f"warning: {message}", highlight=False, markup=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2):
@@ -57,3 +116,15 @@ def reported(interrupted: str = "the answers so far are journaled"):
         fail(str(e), 1)
     except KeyboardInterrupt:
         fail(f"interrupted: {interrupted}; run the same command again to resume", 130)
+    except Exception as e:  # a bug or a library's failure: one line here, the traceback in the log
+        if log_path is None:
+            raise
+        traceback.print_exc()  # into the log
+        fail(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
+             f"(the traceback is in {log_path})", 1)
+
+
+def log_note() -> None:
+    """The last line of a command: where its library chatter went."""
+    if log_path is not None:
+        err.print(f"log: {log_path}", highlight=False, markup=False, soft_wrap=True)

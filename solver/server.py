@@ -11,8 +11,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from solver.backbone import MAX_LOGPROBS, lora_rank
+from solver.backbone import MAX_LOGPROBS, engine_dtype, lora_rank
 from solver.config import BackboneConfig
+from solver.hardware import cpu_engine_env, cuda_capability
 from solver.journal import atomic_write
 from solver.models import resolve_model
 
@@ -31,7 +32,7 @@ def server_command(cfg: BackboneConfig, port: int, host: str = "127.0.0.1") -> l
         "--model", resolve_model(cfg.model),
         "--served-model-name", f"{name}-base" if cfg.lora else name,
         "--host", host, "--port", str(port),
-        "--dtype", cfg.dtype,
+        "--dtype", engine_dtype(cfg),
         "--max-model-len", str(cfg.max_model_len),
         "--max-logprobs", str(MAX_LOGPROBS),
         "--max-num-seqs", str(cfg.max_num_seqs),
@@ -54,8 +55,7 @@ def launch(cfg: BackboneConfig, port: int | None = None, host: str = "127.0.0.1"
     """Start a server in its own process group (Ctrl-C in a terminal is ours to relay);
     returns (process, base_url) at once."""
     port = port or free_port(host)
-    env = dict(os.environ)
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, cfg.kv_cache_gb))))
+    env = dict(os.environ) | (cpu_engine_env(cfg.kv_cache_gb) if cuda_capability() is None else {})
     proc = subprocess.Popen(server_command(cfg, port, host), env=env, stdout=log or subprocess.DEVNULL,
                             stderr=subprocess.STDOUT, start_new_session=True)
     return proc, f"http://{host}:{port}/v1"

@@ -1,0 +1,116 @@
+"""The machine a model runs on: its CPU and ISA flags, the cores and memory we may use,
+and the one place that turns `dtype: auto` into a dtype.
+
+Why: bf16 is fast only where the hardware computes it. On an AVX2-only CPU (and on
+AVX-512 CPUs without AVX512-BF16) it is emulated and 4-6x slower than float32; on an
+old GPU (compute capability < 8.0, e.g. a T4) it is not supported at all.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from functools import cache
+from pathlib import Path
+
+# The flags that decide float32 speed and whether bf16 is native, in the order printed.
+FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@cache
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """(the CPU's model name, its flags), from /proc/cpuinfo; (platform name, {}) elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():  # the first CPU's entry is everyone's
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields.get("model name") or platform.machine(), frozenset(fields.get("flags", "").split())
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU does bf16 matmuls natively (AVX512-BF16 or AMX)."""
+    return any(f in cpu_info()[1] for f in NATIVE_BF16)
+
+
+def cuda_capability() -> tuple[int, int] | None:
+    """The first CUDA GPU's compute capability; None without one (or without CUDA torch)."""
+    import torch
+
+    return torch.cuda.get_device_capability(0) if torch.cuda.is_available() else None
+
+
+def pick_dtype(requested: str = "auto", device: str | None = None) -> str:
+    """`requested` unless it is auto; auto: bfloat16 where the hardware computes it natively
+    (a CUDA GPU of capability >= 8.0, a CPU with AVX512-BF16/AMX), float16 on older GPUs,
+    float32 on other CPUs. `device` None: CUDA if there is one, else the CPU."""
+    if requested != "auto":
+        return requested
+    cap = cuda_capability() if device in (None, "cuda") else None
+    if cap is not None:
+        return "bfloat16" if cap >= (8, 0) else "float16"
+    return "bfloat16" if cpu_has_bf16() else "float32"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, which cgroup cpusets set)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def core_list() -> str:
+    """Those cores as a list vLLM's thread binding reads, e.g. '0,1'."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(usable_cores())
+    return ",".join(map(str, cores))
+
+
+def available_gb() -> float:
+    """Memory free for new allocations (MemAvailable), in GiB."""
+    import psutil
+
+    return psutil.virtual_memory().available / 2**30
+
+
+def kv_cache_gb(requested: float | None) -> int:
+    """The CPU engine's KV-cache space in whole GiB (what vLLM reads): `requested`, or a
+    quarter of the free memory, at least 1 and at most 8 (enough for 128 sequences of a
+    1.5B model's 4k context)."""
+    if requested is not None:
+        return max(1, round(requested))
+    return int(min(8, max(1, available_gb() // 4)))
+
+
+def cpu_engine_env(kv_gb: float | None) -> dict[str, str]:
+    """Environment for a vLLM CPU engine, set from this machine: its OpenMP threads bound
+    to the cores we may use (not vLLM's guess, which may reserve one of two cores) and its
+    KV-cache space. A variable the user set wins."""
+    env = {
+        "VLLM_CPU_OMP_THREADS_BIND": core_list(),
+        "OMP_NUM_THREADS": str(usable_cores()),
+        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gb(kv_gb)),
+    }
+    return {k: os.environ.get(k, v) for k, v in env.items()}
+
+
+def describe(dtype: str | None = None) -> str:
+    """One line for reports and benchmarks: CPU model, cores, the flags that matter, dtype."""
+    return f"{machine()}; dtype {dtype}" if dtype else machine()
+
+
+@cache
+def machine() -> str:
+    """The GPU (if any), the CPU model, its usable cores and the flags that matter."""
+    name, flags = cpu_info()
+    have = [f for f in FLAGS if f in flags]
+    bf16 = "native bf16" if cpu_has_bf16() else "no native bf16"
+    line = f"{name}, {usable_cores()} cores ({' '.join(have) or 'no AVX flags'}; {bf16})"
+    cap = cuda_capability()
+    if cap is not None:
+        import torch
+
+        line = f"{torch.cuda.get_device_name(0)} (capability {cap[0]}.{cap[1]}); host {line}"
+    return line
