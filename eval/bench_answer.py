@@ -11,13 +11,18 @@ are compared (the machine is shared and noisy: only ratios measured side by side
           the journal with fsync per batch;
   loop    one `generate` call per question, as the reference notebooks do.
 Target: solver within 1.15x of raw.
+
+Then the share of the machine's peak that the single pass reaches: the model's FLOP per
+prompt (2 x non-embedding parameters per token, causal attention, the output head at the
+last token only, as vLLM computes it) over the solver's median time, against a float
+matmul microbenchmark in the same dtype, on the same threads, in this process, shaped
+like the model's MLP (tokens x hidden x intermediate).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -27,6 +32,43 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def prompt_flop(model_path: str, lengths: list[int]) -> tuple[float, int]:
+    """(FLOP to prefill prompts of these lengths, non-embedding parameters): the model is
+    built on the meta device from its config, so nothing is loaded."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    embed = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    total = sum(p.numel() for p in model.parameters())  # a tied head is counted once
+    body = total - embed.numel() - (0 if head is embed else head.numel())
+    heads_dim = config.num_attention_heads * getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+    flop = sum(2 * body * t  # every linear layer, every token
+               + 2 * config.num_hidden_layers * heads_dim * t * t  # QK^T and AV, causal: T^2/2 each, 2 FLOP a MAC
+               + 2 * head.numel()  # the output head, at the last token only
+               for t in lengths)
+    return flop, body
+
+
+def matmul_peak(dtype: str, shapes: list[tuple[int, int, int]], rounds: int = 10) -> tuple[float, tuple]:
+    """(best FLOP/s, its shape) of (m x k) @ (k x n) matmuls in `dtype` on this process's threads."""
+    import torch
+
+    best = (0.0, None)
+    for m, k, n in shapes:
+        a, b = torch.randn(m, k, dtype=getattr(torch, dtype)), torch.randn(k, n, dtype=getattr(torch, dtype))
+        for _ in range(3):
+            a @ b
+        for _ in range(rounds):
+            t = time.perf_counter()
+            a @ b
+            best = max(best, (2 * m * k * n / (time.perf_counter() - t), (m, k, n)))
+    return best
 
 
 def main():
@@ -43,6 +85,8 @@ def main():
     from solver.api import Solver
     from solver.backbone import MAX_LOGPROBS
     from solver.config import load_config
+    from solver.hardware import describe
+    from solver.models import resolve_model
     from solver.data import load_questions
     from solver.journal import Journal
     from solver.prompts import answer_prompt
@@ -61,6 +105,14 @@ def main():
     def raw():
         bb.llm.generate(prompts, params, use_tqdm=False)
 
+    def cold(fn):
+        """Every timed pass starts with an empty prefix cache: a real run has not seen its
+        prompts before (within a pass, the prompts' shared template is still reused)."""
+        def run():
+            bb.llm.reset_prefix_cache()
+            fn()
+        return run
+
     def solve():
         with tempfile.TemporaryDirectory() as tmp:
             journal = Journal(Path(tmp) / "j.jsonl", "bench")
@@ -71,7 +123,7 @@ def main():
         for p, sp in zip(prompts, params):
             bb.llm.generate([p], sp, use_tqdm=False)
 
-    runs = {"raw": raw, "solver": solve, "loop": loop}
+    runs = {"raw": cold(raw), "solver": cold(solve), "loop": cold(loop)}
     raw()  # warm-up: compiles the grammar of every option set once
     times = {k: [] for k in runs}
     for _ in range(args.rounds):
@@ -81,7 +133,7 @@ def main():
             times[name].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; model: {cfg.backbone.model}; "
+    print(f"machine: {describe(bb.dtype)}; model: {cfg.backbone.model}; "
           f"{len(questions)} questions, {n_tok / len(questions):.0f} prompt tokens each on average; "
           f"batch_size {cfg.answer.batch_size}; median of {args.rounds} interleaved rounds")
     for k in runs:
@@ -92,6 +144,19 @@ def main():
           f"{best['solver'] / best['raw']:.3f}x best-of (target <= 1.15x)")
     print(f"per-question loop time / solver time: {med['loop'] / med['solver']:.2f}x median, "
           f"{best['loop'] / best['solver']:.2f}x best-of (the solver's speed-up)")
+
+    import torch
+    from transformers import AutoConfig
+
+    flop, body = prompt_flop(resolve_model(cfg.backbone.model), [p.tokens for p in fitted])
+    mc = AutoConfig.from_pretrained(resolve_model(cfg.backbone.model))
+    h, i = mc.hidden_size, mc.intermediate_size
+    peak, shape = matmul_peak(bb.dtype, [(2048, h, i), (2048, i, h), (2048, 2048, 2048)])  # the MLP's, and square
+    achieved = flop / med["solver"]
+    print(f"share of peak: {n_tok / med['solver']:.0f} prompt tokens/s x {flop / n_tok / 1e6:.0f} MFLOP/token "
+          f"({body / 1e6:.0f}M non-embedding parameters, attention, head) = {achieved / 1e9:.1f} GFLOP/s; "
+          f"{bb.dtype} matmul {'x'.join(map(str, shape))} on {torch.get_num_threads()} threads: {peak / 1e9:.1f} GFLOP/s; "
+          f"the single pass reaches {achieved / peak:.0%} of it")
 
 
 if __name__ == "__main__":

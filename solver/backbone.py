@@ -14,6 +14,7 @@ import json
 import math
 import os
 from abc import ABC, abstractmethod
+from unittest.mock import patch
 from functools import cached_property
 from pathlib import Path
 
@@ -111,8 +112,6 @@ class EngineBackbone(Backbone):
     def __init__(self, cfg: BackboneConfig):
         super().__init__(cfg)
         self.dtype = engine_dtype(cfg)
-        if cuda_capability() is None:
-            os.environ.update(cpu_engine_env(cfg.kv_cache_gb))
         from vllm import LLM
 
         path = resolve_model(cfg.model)
@@ -134,7 +133,9 @@ class EngineBackbone(Backbone):
             seed=cfg.seed,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
         )
-        self.llm = LLM(**(args | cfg.engine_args))
+        # vLLM reads these while the engine starts; the next engine gets its own
+        with patch.dict(os.environ, {} if cuda_capability() else cpu_engine_env(cfg.kv_cache_gb)):
+            self.llm = LLM(**(args | cfg.engine_args))
 
     @cached_property
     def tokenizer(self):

@@ -99,6 +99,9 @@ def _read_rows(path: Path) -> list[dict]:
             rows.append(row)
         return rows
     if suffix == ".csv":
+        # Any field the file holds: a question may carry megabytes of code (the prompt cuts
+        # it to fit the context); the csv module's default limit (128 KiB) refuses the row.
+        csv.field_size_limit(max(csv.field_size_limit(), len(text)))
         try:
             return list(csv.DictReader(io.StringIO(text, newline="")))
         except csv.Error as e:

@@ -17,6 +17,10 @@ from pathlib import Path
 FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
 NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# What the user set for vLLM's CPU engine before we set anything: theirs wins; ours is
+# set per engine (an in-process engine's settings must not leak into the next one's).
+ENGINE_VARS = ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE")
+USER_ENV = {k: os.environ[k] for k in ENGINE_VARS if k in os.environ}
 
 
 @cache
@@ -85,15 +89,11 @@ def kv_cache_gb(requested: float | None) -> int:
 
 
 def cpu_engine_env(kv_gb: float | None) -> dict[str, str]:
-    """Environment for a vLLM CPU engine, set from this machine: its OpenMP threads bound
-    to the cores we may use (not vLLM's guess, which may reserve one of two cores) and its
-    KV-cache space. A variable the user set wins."""
-    env = {
-        "VLLM_CPU_OMP_THREADS_BIND": core_list(),
-        "OMP_NUM_THREADS": str(usable_cores()),
-        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gb(kv_gb)),
-    }
-    return {k: os.environ.get(k, v) for k, v in env.items()}
+    """Environment for a vLLM CPU engine, set from this machine: its OpenMP threads, one
+    per core we may use, bound to those cores (not vLLM's guess, which may reserve one of
+    two cores for its scheduler), and its KV-cache space. A variable the user set wins."""
+    env = {"VLLM_CPU_OMP_THREADS_BIND": core_list(), "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gb(kv_gb))}
+    return env | USER_ENV
 
 
 def describe(dtype: str | None = None) -> str:

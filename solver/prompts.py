@@ -31,6 +31,9 @@ Is the proposed answer correct? Answer TRUE or FALSE."""
 
 CUT_MARK = "\n[...]\n"
 REPLY_TOKENS = 8  # room left in the context for the reply
+# Text beyond max_len x this many characters, at either end, cannot fit: a huge question
+# (a 14 MB field) is cut to that before it is tokenized, which would take minutes.
+CHARS_PER_TOKEN = 32
 VERDICTS = ["TRUE", "FALSE"]
 
 
@@ -90,11 +93,15 @@ def fit(q: Question, render: Callable[[str], list[dict]], tokenizer, max_len: in
     put the ask at the end), never by dropping options.
     """
     text = question_text(q)
+    ends = max_len * CHARS_PER_TOKEN
+    precut = len(text) > 2 * ends + len(CUT_MARK)
+    if precut:
+        text = text[:ends] + CUT_MARK + text[-ends:]
     prompt = chat(tokenizer, render(text))
     budget = max_len - REPLY_TOKENS
     total = n_tokens(tokenizer, prompt)
     if total <= budget:
-        return Prompt(prompt, False, total)
+        return Prompt(prompt, precut, total)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     keep = len(ids) - (total - budget) - n_tokens(tokenizer, CUT_MARK) - 2  # 2: merges at the seams
     while keep > 0:

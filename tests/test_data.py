@@ -1,5 +1,6 @@
 """Data loading: pure functions on fixed inputs, the shipped sample, and the shared data."""
 
+import csv
 import json
 
 import pytest
@@ -84,3 +85,17 @@ def test_shared_train_and_test(shared):
     assert all(q.answer in q.letters for q in train.questions)
     test = load_questions(shared / "test.csv").questions
     assert len(test) == 1253 and all(2 <= len(q.choices) <= 26 for q in test)
+
+
+def test_a_huge_field_is_read_and_cut_to_fit(tmp_path, tokenizer):
+    """A 14 MB question is valid CSV: it is read whole, and its prompt is cut to the context."""
+    from solver.prompts import answer_prompt
+
+    code = "int x = 0;\n" * 1_300_000  # 14.3 MB
+    path = tmp_path / "big.csv"
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([["task_id", "question", "choices"], ["big", f"Question: {code}What is x?", "['0', '1']"]])
+    (q,) = load_questions(path).questions
+    assert len(q.question) > 14_000_000 and q.question.endswith("What is x?")
+    p = answer_prompt(q, tokenizer, 2048)
+    assert p.cut and p.tokens <= 2048 and "What is x?" in p.text and "int x = 0;" in p.text
