@@ -1,0 +1,277 @@
+"""Run code taken from questions (hostile input) in a bubblewrap sandbox.
+
+Every run gets fresh user/pid/net/ipc/uts/cgroup namespaces (`bwrap --unshare-all`),
+read-only binds of only the toolchains, a size-capped tmpfs /tmp, an empty environment,
+an unprivileged uid (if we are root the process really drops root before bwrap, so the
+kernel's RLIMIT_NPROC applies) and rlimits set in the child before exec. Compiled
+languages compile in one sandbox (the per-run folder bound read-write) and run in a
+second (that folder read-only, so the program can only write the capped tmpfs). When
+bwrap's init (pid 1 of the run's pid namespace) dies, the kernel kills everything left
+inside; a wall timeout or an output cap kills bwrap's whole process group.
+No bwrap, no run: status "unavailable", unless the caller asks for `unsafe=True`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import glob
+import hashlib
+import json
+import os
+import re
+import resource
+import select
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from solver.journal import atomic_write
+
+PATH = "/usr/bin:/bin"  # the only tools a run sees; /usr/local lives under /usr
+ENV = {"PATH": PATH, "HOME": "/tmp", "LANG": "C.UTF-8"}
+NOBODY = 65534
+VERSION = 1  # part of every cache key: bump when the commands or limits change
+TMP_MB, FSIZE_MB, NOFILE, NPROC = 64, 16, 64, 64
+COMPILE_S, COMPILE_MB = 30.0, 1024  # the compiler's own budget, not the program's
+CACHE_DIR = Path(os.environ.get("CODEMCQ_EXEC_CACHE", Path(".cache") / "exec"))
+TOOLS = {"python": ["python3"], "c": ["gcc"], "cpp": ["g++"], "java": ["javac", "java"],
+         "javascript": ["node"]}
+FILES = {"python": "main.py", "c": "main.c", "cpp": "main.cpp", "javascript": "main.js"}
+# Java and node reserve gigabytes of address space they never touch (heap, code cache,
+# V8's pointer cage), so RLIMIT_AS kills them at start. RLIMIT_DATA counts only private
+# writable memory, i.e. what they really use; the VM's own heap flag keeps it in bounds.
+USES_DATA = {"java", "javascript"}
+JVM = ["-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-XX:-UsePerfData"]  # few threads, fast start
+
+Status = Literal["ok", "compile_error", "runtime_error", "timeout", "killed", "unavailable"]
+
+
+class Result(BaseModel):
+    status: Status
+    stdout: str = ""
+    stderr: str = ""
+    exit_code: int | None = None
+    seconds: float = 0.0
+    truncated: bool = False  # stdout or stderr was cut at max_output (and the run killed)
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name, path=PATH)
+
+
+@functools.cache
+def runtimes() -> dict[str, bool]:
+    """Which languages this machine can run (looked up once)."""
+    return {lang: all(_which(t) for t in tools) for lang, tools in TOOLS.items()}
+
+
+@functools.cache
+def _binds() -> tuple[str, ...]:
+    """Read-only binds of what the toolchains need; merged-/usr symlinks stay symlinks."""
+    paths = ["/usr", "/bin", "/lib", "/lib64", "/etc/alternatives", "/etc/ld.so.cache",
+             *sorted(glob.glob("/etc/java-*"))]  # the JDK's conf/ links into /etc/java-N
+    if java := _which("java"):  # a JDK outside /usr (e.g. /opt) is bound too
+        home = str(Path(os.path.realpath(java)).parents[1])
+        if not home.startswith("/usr/"):
+            paths.append(home)
+    args: list[str] = []
+    for p in paths:
+        if os.path.islink(p) and p.count("/") == 1:
+            args += ["--symlink", os.readlink(p), p]
+        elif os.path.exists(p):
+            args += ["--ro-bind", p, p]
+    return tuple(args)
+
+
+def _bwrap(argv: list[str], work: str, writable: bool) -> list[str]:
+    return ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+            "--new-session", *_binds(), "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
+            "--size", str(TMP_MB << 20), "--tmpfs", "/dev/shm", "--size", str(TMP_MB << 20),
+            "--tmpfs", "/tmp", "--bind" if writable else "--ro-bind", work, "/w",
+            "--chdir", "/w" if writable else "/tmp", "--uid", str(NOBODY), "--gid", str(NOBODY),
+            "--clearenv", *[a for k, v in ENV.items() for a in ("--setenv", k, v)], "--", *argv]
+
+
+def _tasks_of(uid: int) -> int:
+    """Threads the uid already runs: RLIMIT_NPROC counts them too (and other sandboxes')."""
+    n = 0
+    for status in glob.glob("/proc/[0-9]*/status"):
+        try:
+            text = Path(status).read_text()
+        except OSError:
+            continue
+        if int(re.search(r"^Uid:\s+(\d+)", text, re.MULTILINE)[1]) == uid:
+            n += int(re.search(r"^Threads:\s+(\d+)", text, re.MULTILINE)[1])
+    return n
+
+
+def _exec(argv: list[str], cwd: str, stdin: str, timeout_s: float, memory_mb: int,
+          use_data: bool, max_output: int) -> Result:
+    """Run argv under rlimits and a wall clock; read at most max_output bytes per stream."""
+    root = os.geteuid() == 0
+    nproc = _tasks_of(NOBODY if root else os.getuid()) + NPROC
+    mem = resource.RLIMIT_DATA if use_data else resource.RLIMIT_AS
+    cpu = int(timeout_s) + 1
+    caps = [(resource.RLIMIT_CPU, (cpu, cpu + 1)), (mem, (memory_mb << 20,) * 2),
+            (resource.RLIMIT_NPROC, (nproc, nproc)), (resource.RLIMIT_FSIZE, (FSIZE_MB << 20,) * 2),
+            (resource.RLIMIT_NOFILE, (NOFILE, NOFILE)), (resource.RLIMIT_CORE, (0, 0))]
+
+    def limit() -> None:  # in the child, after the uid drop, before exec. Only setrlimit
+        for res, val in caps:  # calls, no lock a sibling thread could hold: safe beside threads
+            resource.setrlimit(res, val)
+
+    drop = {"user": NOBODY, "group": NOBODY, "extra_groups": []} if root else {}
+    info_r, info_w = os.pipe()  # bwrap writes the host pid of its init (the run's pid 1) here
+    boxed = argv[0] == "bwrap"
+    if boxed:
+        argv = [argv[0], "--info-fd", str(info_w), *argv[1:]]
+    start = time.monotonic()
+    with tempfile.TemporaryFile() as fin:  # a file, so a program that never reads cannot block us
+        fin.write(stdin.encode())
+        fin.seek(0)
+        proc = subprocess.Popen(argv, stdin=fin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                cwd=cwd, env=ENV, start_new_session=True, preexec_fn=limit,  # noqa: PLW1509
+                                pass_fds=(info_w,) if boxed else (), **drop)
+    os.close(info_w)
+    fds = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray(), info_r: bytearray()}
+    why, init, deadline = None, None, start + timeout_s
+    with selectors.DefaultSelector() as sel:
+        for fd in fds:
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map() and not why:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                why = "timeout"
+            for key, _ in sel.select(max(left, 0)):
+                chunk, buf = os.read(key.fd, 1 << 16), fds[key.fd]
+                if not chunk:
+                    sel.unregister(key.fd)
+                buf += chunk[: max_output + 1 - len(buf)]
+                if key.fd == info_r and init is None and (m := re.search(rb'"child-pid": *(\d+)\D', buf)):
+                    with contextlib.suppress(OSError):  # bwrap is alive: the pid is still its child's
+                        init = os.pidfd_open(int(m[1]))
+                elif len(buf) > max_output and key.fd != info_r:
+                    why = "output"
+    try:
+        proc.wait(timeout=0 if why else max(deadline - time.monotonic(), 0))
+    except subprocess.TimeoutExpired:
+        why = why or "timeout"
+        if init is not None:
+            signal.pidfd_send_signal(init, signal.SIGKILL)  # pid 1 dies: the kernel kills the rest
+        with contextlib.suppress(ProcessLookupError):  # pid not reaped yet: the group is ours
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    if init is not None:  # bwrap may exit before its init: wait until the namespace is empty
+        select.select([init], [], [], 30)  # only a task stuck in the kernel takes long
+        os.close(init)
+    out, err = (bytes(fds[f.fileno()][:max_output]).decode("utf-8", "replace")
+                for f in (proc.stdout, proc.stderr))
+    proc.stdout.close(), proc.stderr.close(), os.close(info_r)
+    rc, seconds = proc.returncode, time.monotonic() - start
+    sig = -rc if rc < 0 else rc - 128 if rc > 128 else 0  # bwrap exits 128+N on signal N
+    status = ("timeout" if why == "timeout" or sig == signal.SIGXCPU else
+              "killed" if why == "output" or sig == signal.SIGKILL else
+              "ok" if rc == 0 else "runtime_error")
+    return Result(status=status, stdout=out, stderr=err, exit_code=rc,
+                  seconds=round(seconds, 3), truncated=why == "output")
+
+
+@functools.cache
+def available() -> str | None:
+    """The sandbox mechanism that works here ("bwrap"), or None: probed once with a real run."""
+    if not _which("bwrap"):
+        return None
+    with tempfile.TemporaryDirectory(prefix="codemcq-exec-") as work:
+        _own(work)
+        r = _exec(_bwrap(["/bin/true"], work, False), work, "", 10, 256, False, 1000)
+    return "bwrap" if r.status == "ok" else None
+
+
+def _own(work: str) -> None:
+    if os.geteuid() == 0:  # the sandbox runs as nobody: it must reach and write its folder
+        for p in [work, *glob.glob(f"{work}/*")]:
+            os.chown(p, NOBODY, NOBODY)
+
+
+def java_class(source: str) -> str:
+    """The class `java` must run: the public class, else the one with main, else Main."""
+    m = (re.search(r"\bpublic\s+(?:(?:final|abstract|static)\s+)*class\s+(\w+)", source)
+         or re.search(r"\bclass\s+(\w+)[^{]*\{(?:(?!\bclass\s).)*?static\s+void\s+main\b", source, re.DOTALL))
+    return m[1] if m else "Main"
+
+
+def _java_package(source: str) -> str:
+    m = re.search(r"^\s*package\s+([\w.]+)\s*;", source, re.MULTILINE)
+    return f"{m[1]}." if m else ""
+
+
+def _commands(lang: str, source: str, w: str, memory_mb: int) -> tuple[str, list[str] | None, list[str]]:
+    """(file name, compile argv or None, run argv); `w` is the work folder as the run sees it."""
+    gcc = ["-O2", "-pipe", "-o", f"{w}/prog"]
+    if lang == "java":
+        name = java_class(source)
+        return (f"{name}.java", ["javac", "-J-Xmx512m", *[f"-J{o}" for o in JVM], "-proc:none",
+                "-encoding", "UTF-8", "-d", w, f"{w}/{name}.java"],
+                ["java", f"-Xmx{memory_mb // 2}m", *JVM, "-cp", w, _java_package(source) + name])
+    f = FILES[lang]
+    return f, *{"python": (None, ["python3", "-I", "-S", f"{w}/{f}"]),
+                "c": (["gcc", *gcc, f"{w}/{f}", "-lm"], [f"{w}/prog"]),
+                "cpp": (["g++", "-std=c++17", *gcc, f"{w}/{f}"], [f"{w}/prog"]),
+                "javascript": (None, ["node", f"--max-old-space-size={memory_mb // 2}", f"{w}/{f}"])}[lang]
+
+
+def run(language: str, source: str, *, stdin: str = "", timeout_s: float = 5, memory_mb: int = 512,
+        max_output: int = 64_000, unsafe: bool = False, cache_dir: Path | None = CACHE_DIR) -> Result:
+    """Compile (if needed) and run `source`; the Result says how it ended.
+
+    Cached on disk by (mechanism, language, source, stdin, limits); timeouts and
+    "unavailable" are not cached (they depend on load and on the machine).
+    `unsafe=True` runs without a sandbox (rlimits only) where bwrap is missing.
+    """
+    if language not in TOOLS:
+        raise ValueError(f"unknown language {language!r}; one of {sorted(TOOLS)}")
+    mech = available() or ("none" if unsafe else None)
+    if mech is None or not runtimes()[language]:
+        why = "no sandbox (bwrap) here" if mech is None else f"no {language} toolchain here"
+        return Result(status="unavailable", stderr=why)
+    key = hashlib.sha256(json.dumps([VERSION, mech, language, source, stdin, timeout_s, memory_mb,
+                                     max_output]).encode()).hexdigest()
+    path = cache_dir / f"{key}.json" if cache_dir else None
+    if path and path.is_file():
+        return Result.model_validate_json(path.read_text())
+    with tempfile.TemporaryDirectory(prefix="codemcq-exec-") as work:
+        w = "/w" if mech == "bwrap" else work
+        name, compile_argv, run_argv = _commands(language, source, w, memory_mb)
+        Path(work, name).write_text(source)
+        _own(work)
+        box = (lambda argv, writable: _bwrap(argv, work, writable)) if mech == "bwrap" else (lambda a, _: a)
+        use_data = language in USES_DATA
+        c = Result(status="ok")
+        if compile_argv:
+            c = _exec(box(compile_argv, True), work, "", COMPILE_S, max(memory_mb, COMPILE_MB),
+                      use_data, max_output)
+        if c.status == "ok":
+            r = _exec(box(run_argv, False), work, stdin, timeout_s, memory_mb, use_data, max_output)
+            r.seconds = round(r.seconds + c.seconds, 3)
+        else:
+            note = "\n[compilation timed out]" if c.status == "timeout" else ""
+            r = Result(**{**c.model_dump(), "status": "compile_error", "stderr": c.stderr + note})
+    if path and "timeout" not in (r.status, c.status):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, r.model_dump_json())
+    return r
+
+
+def run_many(jobs: list[dict], workers: int = 2) -> list[Result]:
+    """run(**job) for each job, `workers` at a time; results in the jobs' order."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda job: run(**job), jobs))
