@@ -32,7 +32,10 @@ def _answers(journal):
 def _interrupt(cmd, journal, sig, batches, cwd=ROOT):
     """Run until `batches` more batches are journaled, then deliver `sig`; the answers journaled."""
     env = os.environ | {"CODEMCQ_SIGNAL_AFTER": f"{batches}:{sig.name}"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A suite started in the background (`make test &`) ignores SIGINT, and so would the run
+    # (Python installs its Ctrl-C handler only where SIGINT is not ignored): a terminal's default.
+    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     if sig == signal.SIGKILL:
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     else:  # Ctrl-C: one line, no traceback
