@@ -49,6 +49,8 @@ STEPS = ("steps", [
 ])
 GRID = [
     field("retrieve", "duplicates", [True, False]),
+    field("execute", "enabled", [True, False]),
+    field("execute", "trust", [["output"], ["output", "error"]]),
     field("answer", "orders", [1, 2]),
     STEPS,
     field("retrieve", "k", [1, 2, KMAX]),
@@ -67,7 +69,7 @@ def with_(cfg, **sections):
 def simplest(cfg):
     """The tuning's start: a graph with only the duplicate shortcut."""
     return with_(cfg, graph={"enabled": True}, answer={"orders": 1}, verify={"enabled": False},
-                 reanswer={"enabled": False}, retrieve={"enabled": True, "duplicates": True})
+                 reanswer={"enabled": False}, retrieve={"enabled": True, "duplicates": True}, execute={"enabled": False})
 
 
 class MemoIndex:
@@ -139,6 +141,13 @@ def rows_for(tuned):
             "full graph": tuned}
     if tuned.retrieve.enabled and tuned.retrieve.duplicates:
         rows["full - duplicate shortcut"] = with_(tuned, retrieve={"duplicates": False})
+    if tuned.execute.enabled:
+        rows["full - execute"] = with_(tuned, execute={"enabled": False})
+        for kind in ("output", "error"):  # each kind of evidence a run gives
+            trust = [k for k in tuned.execute.trust if k != kind] if kind in tuned.execute.trust else [*tuned.execute.trust, kind]
+            rows[f"full {'-' if kind in tuned.execute.trust else '+'} {kind} evidence"] = with_(tuned, execute={"trust": trust})
+    else:
+        rows["full + execute"] = with_(tuned, execute={"enabled": True})
     if tuned.answer.orders > 1:
         rows["full - reversed order"] = with_(tuned, answer={"orders": 1})
     if tuned.verify.enabled:
@@ -218,7 +227,8 @@ def main():
               f"tuned jointly for {names} on train.csv split dev ({len(dev)} questions each; pooled dev accuracy "
               f"{dev_acc:.4f}; a change kept only with net flips >= {args.z} sd)")
     lines = [f"Graph ablation: {tuning}; reported on split test; index: split train.", "",
-             (f"Tuned: duplicates {tuned.retrieve.duplicates}, option orders {tuned.answer.orders}, verify "
+             (f"Tuned: duplicates {tuned.retrieve.duplicates}, execute {tuned.execute.enabled} (trusted: "
+              f"{', '.join(tuned.execute.trust)}), option orders {tuned.answer.orders}, verify "
              f"{tuned.verify.enabled}, reanswer {tuned.reanswer.enabled} (examples: floor {tuned.retrieve.floor}, "
              f"k {tuned.retrieve.k}), graph.accept {tuned.graph.accept}, verify.accept {tuned.verify.accept}, "
              f"reanswer.weight {tuned.reanswer.weight}."), ""]

@@ -11,8 +11,8 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADER = ["| configuration | accuracy [95% CI] | R->W / W->R flips | LLM prompts/q | prompt tokens/q | s/q |",
-          "| --- | --- | --- | --- | --- | --- |"]
+HEADER = ["| configuration | accuracy [95% CI] | R->W / W->R flips | LLM prompts/q | prompt tokens/q | sandboxed runs/q | s/q |",
+          "| --- | --- | --- | --- | --- | --- | --- |"]
 
 
 def backbone_pair(bcfg):
@@ -53,18 +53,18 @@ def right(preds, questions, tag=""):
 
 
 def cost(preds, questions):
-    """LLM prompts and prompt tokens per question, from each trace's `cost` step."""
+    """LLM prompts, prompt tokens and sandboxed runs per question, from each trace's `cost` step."""
     costs = [next(t for t in preds[q.task_id].trace if t["step"] == "cost") for q in questions]
-    return sum(c["calls"] for c in costs) / len(questions), sum(c["tokens"] for c in costs) / len(questions)
+    return tuple(sum(c.get(k, 0) for c in costs) / len(questions) for k in ("calls", "tokens", "runs"))
 
 
 def row(name, preds, questions, ok, seconds=None, flips=None) -> dict:
     from solver.runner import wilson
 
     lo, hi = wilson(len(ok), len(questions))
-    calls, tokens = cost(preds, questions)
+    calls, tokens, runs = cost(preds, questions)
     return {"row": name, "accuracy": len(ok) / len(questions), "lo": lo, "hi": hi, "calls": calls,
-            "tokens": tokens, "s_per_q": seconds, "flips": flips}
+            "tokens": tokens, "runs": runs, "s_per_q": seconds, "flips": flips}
 
 
 def markdown(table) -> list[str]:
@@ -75,7 +75,7 @@ def markdown(table) -> list[str]:
         flips = f"{r['flips'][0]} / {r['flips'][1]}" if r["flips"] else ""
         sq = f"{r['s_per_q']:.3f}" if r["s_per_q"] else ""
         lines.append(f"| {r['row']} | {r['accuracy']:.4f} [{r['lo']:.3f}, {r['hi']:.3f}] | {flips} | "
-                     f"{r['calls']:.2f} | {r['tokens']:.0f} | {sq} |")
+                     f"{r['calls']:.2f} | {r['tokens']:.0f} | {r.get('runs', 0):.2f} | {sq} |")
     return lines
 
 

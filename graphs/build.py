@@ -8,6 +8,7 @@ from langgraph.graph import END, START, StateGraph
 
 from graphs import routing as R
 from graphs.batcher import StepBatcher
+from graphs.execute import run_jobs
 from graphs.nodes import make_nodes
 from graphs.state import State
 from graphs.vote import weighted
@@ -16,7 +17,8 @@ from solver.types import Prediction, Question
 
 
 def enabled_nodes(cfg: SolverConfig) -> list[str]:
-    on = {"retrieve": cfg.retrieve.enabled, "answer": True, "vote": True, "verify": cfg.verify.enabled,
+    on = {"retrieve": cfg.retrieve.enabled, "execute": cfg.execute.enabled, "answer": True, "vote": True,
+          "verify": cfg.verify.enabled,
           "reanswer": cfg.reanswer.enabled, "decide": True}
     return [n for n, v in on.items() if v]
 
@@ -33,9 +35,13 @@ def build_graph(cfg: SolverConfig, nodes: dict | None = None):
 
     if "retrieve" in names:
         g.add_edge(START, "retrieve")
-        edges("retrieve", R.after_retrieve, [R.DECIDE, R.ANSWER])
+        edges("retrieve", R.after_retrieve, [R.DECIDE, R.EXECUTE, R.ANSWER])
+    elif "execute" in names:
+        g.add_edge(START, "execute")
     else:
         edges(START, R.fan_out, [R.ANSWER])
+    if "execute" in names:
+        edges("execute", R.after_execute, [R.DECIDE, R.ANSWER])
     g.add_edge("answer", "vote")  # every voter's answer (Send), then one vote
     edges("vote", R.after_vote, [R.DECIDE, R.VERIFY, R.REANSWER])
     if "verify" in names:
@@ -50,6 +56,22 @@ def mermaid(cfg: SolverConfig) -> str:
     return build_graph(cfg).get_graph().draw_mermaid()
 
 
+def sandbox_warnings(cfg) -> None:
+    """What a user of `execute` must know before the run: no sandbox (nothing runs), no
+    sandbox on purpose (unsafe), languages this machine cannot run."""
+    from solver import sandbox
+    from solver.console import warn
+
+    if cfg.sandbox == "none":
+        warn("execute.sandbox: none runs code from the input file without a sandbox, as this user: unsafe")
+    elif sandbox.available() is None:
+        warn("execute: no sandbox here (bubblewrap: apt-get install bubblewrap), so no code from the questions "
+             "is run and the graph answers without it; execute.sandbox: none would run it unsandboxed (unsafe)")
+    missing = [lang for lang, ok in sandbox.runtimes().items() if not ok]
+    if missing:
+        warn(f"execute: no toolchain here for {', '.join(missing)}: those snippets are not run")
+
+
 class GraphRunner:
     """Runs questions through the compiled graph, one coroutine each, one call per step
     and backbone (`backbones`: label -> Backbone, in the config's order)."""
@@ -60,6 +82,9 @@ class GraphRunner:
         if index is not None:  # neighbours serve only the re-answer: without it, no embedding at all
             k = cfg.retrieve.k if cfg.reanswer.enabled else 0
             handlers["index"] = lambda qs: index.query(qs, k=k, min_score=cfg.retrieve.min_score)
+        if cfg.execute.enabled:  # the sandbox's runs, in a thread: LLM calls of the same step overlap them
+            handlers["execute"] = lambda jobs: asyncio.to_thread(run_jobs, jobs, cfg.execute)
+            sandbox_warnings(cfg.execute)
         handlers["vote"] = self._weighted
         self.index, self.confusion, self.hardware = index, confusion, hardware or {}
         self.batcher = StepBatcher(handlers)
@@ -81,8 +106,11 @@ class GraphRunner:
 
     def run(self, questions: list[Question]) -> list[Prediction]:
         states = asyncio.run(self._all(questions))
-        return [
-            Prediction(task_id=q.task_id, letter=s.get("letter"), probabilities=s.get("final") or {}, error=s.get("error"),
-                       trace=s["trace"] + [{"step": "cost", "calls": s.get("calls", 0), "tokens": s.get("tokens", 0)} | self.hardware])
-            for q, s in zip(questions, states)
-        ]
+        return [Prediction(task_id=q.task_id, letter=s.get("letter"), probabilities=s.get("final") or {},
+                           error=s.get("error"), trace=s["trace"] + [self._cost(s)]) for q, s in zip(questions, states)]
+
+    def _cost(self, s: dict) -> dict:
+        """LLM prompts and tokens, sandboxed runs and their seconds, and where it ran."""
+        runs = [t for t in s["trace"] if t["step"] == "execute" and t["ran"]]
+        return {"step": "cost", "calls": s.get("calls", 0), "tokens": s.get("tokens", 0), "runs": len(runs),
+                "run_seconds": round(sum(t["seconds"] for t in runs if not t["cached"]), 3)} | self.hardware

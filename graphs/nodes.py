@@ -1,6 +1,7 @@
 """The graph's nodes: each reads the state, asks the batcher, and returns an update.
 
 retrieve: the exact-duplicate shortcut and the nearest solved questions (no LLM).
+execute:  the question's code run in the sandbox: the options its output matches (no LLM).
 answer:   one voter's probabilities: one backbone, one option order (fanned out by Send).
 vote:     the voters' probabilities combined by `vote.rule` (graphs/vote.py).
 verify:   P(TRUE) that the current answer is right, from the logprobs of TRUE/FALSE.
@@ -15,7 +16,8 @@ that call, never the run: the trace says which backbone failed and why.
 from __future__ import annotations
 
 from graphs import vote as V
-from graphs.routing import current, decide, has_examples, option_order, verify_update
+from graphs.execute import evidence, job_for
+from graphs.routing import current, decide, has_examples, option_order, settled_by_run, verify_update
 from solver.backbone import BackboneError
 from solver.prompts import VERDICTS, PromptTooLong, answer_prompt, verify_prompt
 from solver.types import Question, top_letter
@@ -80,6 +82,20 @@ def make_nodes(cfg, backbones: dict, batcher, index=None) -> dict:
         return {"duplicate": dup, "neighbors": neighbors,
                 "trace": [{"step": "retrieve", "duplicate": dup, "note": r.note, "neighbors": neighbors}]}
 
+    async def execute(s):
+        q = s["question"]
+        job = job_for(q)
+        if job is None:
+            return {"executed": None, "trace": [{"step": "execute", "ran": False}]}
+        (r,) = await batcher.submit("execute", [job])
+        e = evidence(q, job, r.status, r.stdout)
+        executed = {"kind": e.kind, "status": r.status, "consistent": e.consistent, "settled": e.settled}
+        step = {"step": "execute", "ran": True, "language": job.language, "seconds": r.seconds, "cached": r.cached,
+                **executed, "trusted": settled_by_run({"executed": executed}, cfg) is not None}
+        if r.status == "unavailable":
+            step["why"] = r.stderr
+        return {"executed": executed, "trace": [step]}
+
     async def verify(s):
         q = s["question"]
         letter = top_letter(current(s, cfg))
@@ -126,12 +142,12 @@ def make_nodes(cfg, backbones: dict, batcher, index=None) -> dict:
         return update | {"trace": [step]}
 
     async def decide_node(s):
-        if not s.get("probs") and not s.get("duplicate"):
+        if not s.get("probs") and not s.get("duplicate") and not settled_by_run(s, cfg):
             return {"letter": None, "final": {}, "trace": [{"step": "decide", "letter": None, "unread": True}]}
         letter, final = decide(s, cfg)
         first_letter = top_letter(s["probs"]) if s.get("probs") else None
         changed = [first_letter, letter] if first_letter and first_letter != letter else None
         return {"letter": letter, "final": final, "trace": [{"step": "decide", "letter": letter, "changed": changed}]}
 
-    return {"retrieve": retrieve, "answer": answer, "vote": vote, "verify": verify, "reanswer": reanswer,
+    return {"retrieve": retrieve, "execute": execute, "answer": answer, "vote": vote, "verify": verify, "reanswer": reanswer,
             "decide": decide_node}

@@ -13,7 +13,7 @@ from langgraph.types import Send
 from solver.config import SolverConfig
 from solver.types import top_letter
 
-DECIDE, ANSWER, VOTE, VERIFY, REANSWER = "decide", "answer", "vote", "verify", "reanswer"
+DECIDE, ANSWER, VOTE, VERIFY, REANSWER, EXECUTE = "decide", "answer", "vote", "verify", "reanswer", "execute"
 
 
 def option_order(n: int, k: int, seed: str) -> list[int]:
@@ -50,7 +50,20 @@ def can_reanswer(s: dict, cfg: SolverConfig) -> bool:
 
 
 def after_retrieve(s: dict, cfg: SolverConfig) -> str | list[Send]:
-    return DECIDE if s.get("duplicate") else fan_out(s, cfg)
+    if s.get("duplicate"):
+        return DECIDE
+    return EXECUTE if cfg.execute.enabled else fan_out(s, cfg)
+
+
+def settled_by_run(s: dict, cfg: SolverConfig) -> str | None:
+    """The option a sandboxed run left alone, when its kind of evidence is trusted."""
+    e = s.get("executed")
+    return e["settled"] if e and e["settled"] and e["kind"] in cfg.execute.trust else None
+
+
+def after_execute(s: dict, cfg: SolverConfig) -> str | list[Send]:
+    """A run that settles the question needs no LLM call."""
+    return DECIDE if settled_by_run(s, cfg) else fan_out(s, cfg)
 
 
 def after_vote(s: dict, cfg: SolverConfig) -> str:
@@ -95,8 +108,8 @@ def decide(s: dict, cfg: SolverConfig) -> tuple[str, dict[str, float]]:
 
 def current(s: dict, cfg: SolverConfig) -> dict[str, float]:
     """The probabilities the graph holds now: the answer, mixed with a re-answer if any."""
-    if s.get("duplicate"):
-        letter = s["duplicate"]["answer"]
+    letter = s["duplicate"]["answer"] if s.get("duplicate") else settled_by_run(s, cfg)
+    if letter:
         return {k: float(k == letter) for k in s["question"].letters}
     p = s["probs"]
     if s.get("reprobs"):

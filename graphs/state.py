@@ -13,6 +13,7 @@ class State(TypedDict, total=False):
     voter: dict  # a Send's payload to `answer`: {"backbone": label, "order": k}
     duplicate: dict | None  # {"task_id", "answer"}: an exact solved copy, its letter mapped to ours
     neighbors: list[dict]  # [{"task_id", "score"}], best first
+    executed: dict | None  # the run's evidence: {"kind", "status", "consistent", "settled"}
     votes: Annotated[list[dict], operator.add]  # each voter's {"voter", "probs" | None, "error" | None}
     probs: dict[str, float]  # the vote's combination of the voters' probabilities
     verdicts: Annotated[list[float], operator.add]  # P(TRUE) of each verification

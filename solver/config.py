@@ -84,6 +84,22 @@ class RetrieveConfig(Strict):
     floor: float = 0.9  # re-answer with examples only when the best neighbour reaches this
 
 
+class ExecuteConfig(Strict):
+    """Run the code in a question (output prediction) in the sandbox, before any LLM call."""
+
+    enabled: bool = False
+    # bwrap: solver/sandbox.py, and no run at all where it is missing (one warning).
+    # none: runs code from the input file with rlimits only, as this user: UNSAFE.
+    sandbox: Literal["bwrap", "none"] = "bwrap"
+    # Evidence that settles a question alone when it leaves one option (eval/bench_execute.py
+    # measures each on dev): output (the run's output matches one option), error (the run
+    # failed and one option names an error).
+    trust: list[Literal["output", "error"]] = ["output"]
+    timeout_s: float = 5.0  # wall time per run (compiling has its own budget)
+    memory_mb: int = 512
+    workers: int = 2  # runs at once
+
+
 class ReanswerConfig(Strict):
     enabled: bool = False
     eliminate: bool = True  # drop the option that verification rejected
@@ -113,6 +129,7 @@ class SolverConfig(Strict):
     retrieve: RetrieveConfig = RetrieveConfig()
     reanswer: ReanswerConfig = ReanswerConfig()
     vote: VoteConfig = VoteConfig()
+    execute: ExecuteConfig = ExecuteConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -62,6 +62,7 @@ class Result(BaseModel):
     exit_code: int | None = None
     seconds: float = 0.0
     truncated: bool = False  # stdout or stderr was cut at max_output (and the run killed)
+    cached: bool = False  # read from the on-disk cache: `seconds` is the original run's
 
 
 def _which(name: str) -> str | None:
@@ -247,7 +248,7 @@ def run(language: str, source: str, *, stdin: str = "", timeout_s: float = 5, me
                                      max_output]).encode()).hexdigest()
     path = cache_dir / f"{key}.json" if cache_dir else None
     if path and path.is_file():
-        return Result.model_validate_json(path.read_text())
+        return Result.model_validate_json(path.read_text()).model_copy(update={"cached": True})
     with tempfile.TemporaryDirectory(prefix="codemcq-exec-") as work:
         w = "/w" if mech == "bwrap" else work
         name, compile_argv, run_argv = _commands(language, source, w, memory_mb)

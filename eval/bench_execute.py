@@ -1,0 +1,70 @@
+"""How much running the code settles, with no LLM: per language, on train.csv's hash splits.
+
+Usage: python eval/bench_execute.py [--data ../shared/codemmlu-b6/train.csv] [--split dev]
+                                    [--workers 2] [--timeout 5]
+
+For every question graphs/execute.py can run (output prediction), the snippet runs once in
+the sandbox (solver/sandbox.py; runs cached in .cache/exec/), and the options its output
+matches are compared with the label: detected, ran (status ok), settled (exactly one
+option left), right (that option is the label), precision (right / settled); and the
+runs that failed and left exactly one "error" option. This precision is what decides
+whether the graph may trust a kind of evidence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from graphs.execute import evidence, job_for, run_jobs  # noqa: E402
+from solver import sandbox  # noqa: E402
+from solver.config import ExecuteConfig  # noqa: E402
+from solver.data import load_questions, split_of  # noqa: E402
+from solver.hardware import machine  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(ROOT.parent / "shared/codemmlu-b6/train.csv"))
+    ap.add_argument("--split", default="dev", help="dev, test, train or all")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--timeout", type=float, default=5.0)
+    args = ap.parse_args()
+    if sandbox.available() is None:
+        sys.exit("no sandbox (bwrap) on this machine: nothing is run")
+    qs = [q for q in load_questions(args.data, labelled=True).questions if args.split == "all" or split_of(q.task_id) == args.split]
+    jobs = [(q, j) for q in qs if (j := job_for(q)) and sandbox.runtimes()[j.language]]
+    start = time.perf_counter()
+    results = run_jobs([j for _, j in jobs], ExecuteConfig(timeout_s=args.timeout, workers=args.workers))
+    seconds = time.perf_counter() - start
+    rows: dict[tuple[str, str], Counter] = {}
+    for (q, j), r in zip(jobs, results):
+        e = evidence(q, j, r.status, r.stdout)
+        tier = "output" if r.status == "ok" else "error" if r.status in ("compile_error", "runtime_error") else "other"
+        c = rows.setdefault((j.language, tier), Counter())
+        c["runs"] += 1
+        c["settled"] += e.settled is not None
+        c["right"] += e.settled is not None and e.settled == q.answer
+        c["ruled_out_right"] += bool(e.consistent) and q.answer not in e.consistent
+    print(f"{args.split}: {len(qs)} questions, {len(jobs)} runnable ({machine()}; {seconds:.0f} s for the runs, "
+          f"{args.workers} at a time, cached runs free)")
+    print("| language | run ended | runs | settled | right | precision | label ruled out |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    total = Counter()
+    for (lang, tier), c in sorted(rows.items()):
+        total.update({f"{tier} {k}": v for k, v in c.items()})
+        prec = f"{c['right'] / c['settled']:.2f}" if c["settled"] else ""
+        print(f"| {lang} | {tier} | {c['runs']} | {c['settled']} | {c['right']} | {prec} | {c['ruled_out_right']} |")
+    for tier in ("output", "error"):
+        s, r = total[f"{tier} settled"], total[f"{tier} right"]
+        print(f"{tier}: settled {s} of {len(qs)} questions ({s / max(len(qs), 1):.1%}), precision {r / s if s else 0:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Evidence from running a question's code in the sandbox (solver/sandbox.py).
+
+Output prediction ("What is the output of the following code?", the options are
+outputs): the snippet runs once, and the options its output matches are consistent, the
+rest ruled out. A snippet that fails to compile or raises points at the options that
+name an error. Pure functions here (what kind of question, which language, which code,
+which options the run matches); the sandbox does the running.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+
+from solver import sandbox
+from solver.prompts import question_text
+from solver.types import Question
+
+ASKS_OUTPUT = re.compile(r"\b(output|print(?:s|ed)?|displayed?|result)\b[^\n?]*\?|\boutput\b", re.I)
+# Output that depends on the machine the question imagines (a 32-bit CPU, Turbo C, files,
+# processes, time): this sandbox's run is no evidence for it.
+ENV_DEPENDENT = re.compile(r"\b(16|32|64)[- ]?bit\b|turbo|\bfopen\s*\(|\bopen\s*\(\s*\"|\bfork\s*\(|\bsleep\s*\(|"
+                           r"/dev/|pthread|\btime\s*\(|\brand\s*\(|random\.|Math\.random|\bthread", re.I)
+ERROR_OPTION = re.compile(r"\b(error|exception|compil\w*|does not compile|undefined behaviou?r|segmentation)\b", re.I)
+# (language, pattern): the first that matches the code names its language
+LANGUAGES = [
+    ("java", re.compile(r"\bpublic\s+static\s+void\s+main\b|\bSystem\.out\.print")),
+    ("cpp", re.compile(r"#\s*include\s*<(iostream|bits/stdc\+\+\.h|string|vector|map)>|\bstd::|\bcout\s*<<|using\s+namespace\s+std")),
+    ("c", re.compile(r"#\s*include\s*<\w+\.h>|\bprintf\s*\(|\bint\s+main\s*\(")),
+    ("javascript", re.compile(r"\bconsole\.log\s*\(|\b(let|const|var)\s+\w+\s*=|=>")),
+    ("python", re.compile(r"^\s*(>>>|print\s*\(|def |import |for .* in .*:|class \w+.*:)", re.M)),
+]
+
+
+@dataclass
+class Job:
+    """One program to run for a question: its kind, language and source."""
+
+    kind: str  # "output": the options are outputs
+    language: str
+    source: str
+
+
+@dataclass
+class Evidence:
+    """What a run says about the options: the letters it is consistent with, and why."""
+
+    kind: str  # output: the output matched options; error: the run failed, options name an error
+    status: str  # the sandbox's: ok, compile_error, runtime_error, timeout, killed, unavailable
+    consistent: list[str] = field(default_factory=list)  # empty: the run settles nothing
+
+    @property
+    def settled(self) -> str | None:
+        """The one option the run leaves, if it leaves exactly one."""
+        return self.consistent[0] if len(self.consistent) == 1 else None
+
+
+def code_of(text: str) -> str:
+    """The snippet in a question: inside ``` fences if any, else everything after the
+    first line that asks (the data puts the ask first and the code after it)."""
+    fenced = re.findall(r"```[\w+#-]*\n(.*?)```", text, re.S)
+    if fenced:
+        return "\n".join(fenced)
+    first, _, rest = text.partition("\n")
+    if rest.strip():
+        return rest
+    m = re.search(r"\?\s*", first)  # ask and code on one line: "...code?#include <stdio.h> ..."
+    return first[m.end():] if m else ""
+
+
+def language_of(code: str) -> str | None:
+    return next((lang for lang, pattern in LANGUAGES if pattern.search(code)), None)
+
+
+def unflatten_c(code: str) -> str:
+    """Snippets flattened onto one line still compile once each preprocessor line is its own."""
+    return re.sub(r"\s*(#\s*(?:include\s*[<\"][^>\"]+[>\"]|define\s+\w+(?:\([^)]*\))?\s+\S+))\s*", r"\n\1\n", code)
+
+
+def repl_to_script(code: str) -> str:
+    """`>>>` sessions print each expression's repr, as the interactive interpreter does;
+    parsed here (never run), so a snippet that does not parse is returned as it is."""
+    lines = [re.sub(r"^\s*(>>>|\.\.\.) ?", "", line) for line in code.splitlines() if re.match(r"\s*(>>>|\.\.\.)", line)]
+    script = "\n".join(lines)
+    try:
+        tree = ast.parse(script)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return script
+    body = []
+    for node in tree.body:
+        if isinstance(node, ast.Expr):
+            show = ast.parse("if (_r := None) is not None: print(repr(_r))").body[0]
+            show.test.left.value = node.value
+            body.append(show)
+        else:
+            body.append(node)
+    return ast.unparse(ast.fix_missing_locations(ast.Module(body=body, type_ignores=[])))
+
+
+def job_for(q: Question) -> Job | None:
+    """The program to run for `q`, or None when it is not a question this step can run."""
+    text = question_text(q)
+    if not ASKS_OUTPUT.search(text.partition("\n")[0]) or ENV_DEPENDENT.search(text):
+        return None
+    code = code_of(text)
+    language = language_of(code) if code.strip() else None
+    if language is None:
+        return None
+    if language in ("c", "cpp"):
+        code = unflatten_c(code)
+    if language == "python" and ">>>" in code:
+        code = repl_to_script(code)
+    return Job("output", language, code)
+
+
+def tokens(text: str) -> list[str]:
+    """What an output says, without the layout: words and symbols; whitespace, commas,
+    semicolons and quotes dropped ('a=6 \\n b=15' and 'a = 6, b = 15' read the same)."""
+    return re.findall(r"\w+|[^\w\s,;'\"`]", text.replace("\\n", " ").replace("\\t", " "))
+
+
+def evidence(q: Question, job: Job, status: str, stdout: str) -> Evidence:
+    """The options the run is consistent with: those whose text reads as its output, or,
+    for a run that failed, the options that name an error."""
+    if status == "ok":
+        said = tokens(stdout)
+        return Evidence("output", status, [k for k, c in zip(q.letters, q.choices) if said and tokens(c) == said])
+    if status in ("compile_error", "runtime_error"):
+        return Evidence("error", status, [k for k, c in zip(q.letters, q.choices) if ERROR_OPTION.search(c)])
+    return Evidence(job.kind, status)
+
+
+def run_jobs(jobs: list[Job], cfg) -> list[sandbox.Result]:
+    """Run a step's jobs in the sandbox, `cfg.workers` at a time (`cfg`: ExecuteConfig)."""
+    return sandbox.run_many([{"language": j.language, "source": j.source, "timeout_s": cfg.timeout_s,
+                              "memory_mb": cfg.memory_mb, "unsafe": cfg.sandbox == "none"} for j in jobs],
+                            workers=cfg.workers)

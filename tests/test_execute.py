@@ -1,0 +1,78 @@
+"""graphs/execute.py: which questions can run, their code and language, and what a real
+sandboxed run says about the options (fixtures of our own)."""
+
+import pytest
+
+from graphs.execute import evidence, job_for, tokens
+from solver import sandbox
+from solver.types import Question
+
+C = Question(task_id="c", question="Question: What will be the output of the following C code?\n#include <stdio.h>\n"
+             "int main() {\n    int a = 1, b = 3;\n    b = a++ + a++;\n    printf(\"a=%d \\n b=%d\", a, b);\n    return 0;\n}",
+             choices=["a = 1, b = 3", "a = 3, b = 3", "a = 3, b = 4", "a = 2, b = 2"])
+CPP_FLAT = Question(task_id="cpp", question="Question: What is the output of this program?\n    #include <iostream>    "
+                    "using namespace std;    int main() {        cout << 7 / 2 << \" \" << 7 % 2;    }",
+                    choices=["3.5 1", "3 1", "4 1", "3 0"])
+REPL = Question(task_id="py", question="Question: What will be the output of the following Python code?\n>>> a = {1, 2, 3}\n"
+                ">>> b = a\n>>> b.remove(3)\n>>> a", choices=["{1,2,3}", "Error, sets cannot be copied", "{1,2}", "None"])
+JAVA = Question(task_id="java", question="Question: What is the output of this program?\nclass Sum {\n    public static void "
+                "main(String[] args) {\n        int s = 0;\n        for (int i = 1; i <= 4; i++) s += i;\n        System.out.print(s);\n    }\n}",
+                choices=["4", "10", "24", "Compilation error"])
+JS = Question(task_id="js", question="Question: What does this code print?\n```js\nconst xs = [3, 1, 2];\n"
+              "console.log(xs.sort().join('-'));\n```", choices=["3-1-2", "1-2-3", "1,2,3", "undefined"])
+BROKEN = Question(task_id="bad", question="Question: What is the output of the following C code?\n#include <stdio.h>\n"
+                  "int main() { printf(\"%d\", x); }", choices=["0", "Garbage value", "Compile time error", "1"])
+CONCEPT = Question(task_id="k", question="Question: Which sorting algorithm is stable?", choices=["Quick sort", "Merge sort"])
+
+
+def test_which_questions_run_and_in_which_language():
+    assert [job_for(q).language for q in (C, CPP_FLAT, REPL, JAVA, JS)] == ["c", "cpp", "python", "java", "javascript"]
+    assert job_for(CONCEPT) is None
+    assert "\n#include <iostream>\n" in job_for(CPP_FLAT).source  # flattened snippets get their lines back
+    assert "print(repr(" in job_for(REPL).source  # a >>> session prints what it shows
+
+
+def test_outputs_read_without_their_layout():
+    assert tokens("a=3 \n b=3") == tokens("a = 3, b = 3") == tokens("'a=3' b=3")
+    assert tokens("{1, 2}") == tokens("{1,2}") != tokens("[1,2]")
+
+
+@pytest.mark.parametrize("q, want", [(C, "B"), (CPP_FLAT, "B"), (REPL, "C"), (JAVA, "B"), (JS, "B"), (BROKEN, "C")],
+                         ids=lambda x: x.task_id if isinstance(x, Question) else x)
+def test_a_sandboxed_run_settles_the_option(q, want, tmp_path):
+    if sandbox.available() is None:
+        pytest.skip("no sandbox (bwrap) here")
+    job = job_for(q)
+    if not sandbox.runtimes()[job.language]:
+        pytest.skip(f"no {job.language} toolchain here")
+    r = sandbox.run(job.language, job.source, timeout_s=10, cache_dir=tmp_path)
+    e = evidence(q, job, r.status, r.stdout)
+    assert e.settled == want, (r.status, r.stdout, r.stderr[-500:])
+
+
+def test_graph_settles_runnable_questions_without_the_llm(engine_solver, tmp_path, monkeypatch):
+    """The execute step in the compiled graph: a settled question costs no LLM call; the
+    others are answered as before; a hostile snippet, run through the graph, escapes nothing."""
+    from solver.api import Solver
+    from solver.config import SolverConfig
+    from tests.conftest import SMALL
+
+    if sandbox.available() is None:
+        pytest.skip("no sandbox (bwrap) here")
+    monkeypatch.setenv("CODEMCQ_SECRET", "s3cr3t-token")
+    marker = tmp_path / "escaped.txt"
+    hostile = Question(task_id="evil", question="Question: What is the output of the following Python code?\n"
+                       f"import os\nopen({str(marker)!r}, 'w').write('x')\nprint(os.environ.get('CODEMCQ_SECRET'))",
+                       choices=["s3cr3t-token", "None", "x"])
+    cfg = SolverConfig.model_validate({"backbone": SMALL, "graph": {"enabled": True}, "execute": {"enabled": True}})
+    solver = Solver(cfg, backbone=engine_solver.backbone)
+    preds = solver.solve_batch([C, REPL, CONCEPT, hostile])
+    steps = {p.task_id: [t["step"] for t in p.trace] for p in preds}
+    cost = {p.task_id: p.trace[-1] for p in preds}
+    assert [p.letter for p in preds[:2]] == ["B", "C"] and steps["c"] == ["execute", "decide", "cost"]
+    assert cost["c"]["calls"] == 0 and cost["c"]["runs"] == 1
+    assert steps["k"][:2] == ["execute", "vote"] and cost["k"]["calls"] == 1 and cost["k"]["runs"] == 0
+    assert preds[2].letter in CONCEPT.letters
+    evil = next(t for t in preds[3].trace if t["step"] == "execute")
+    assert evil["status"] == "runtime_error" and not marker.exists()  # the write failed: nothing outside
+    assert preds[3].letter != "A"  # the secret never reached the run, so it settled nothing towards it
