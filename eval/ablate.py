@@ -50,7 +50,7 @@ STEPS = ("steps", [
 GRID = [
     field("retrieve", "duplicates", [True, False]),
     field("execute", "enabled", [True, False]),
-    field("execute", "trust", [["output"], ["output", "error"]]),
+    field("execute", "trust", [["output", "examples"], ["output", "examples", "error"], ["output"]]),
     field("answer", "orders", [1, 2]),
     STEPS,
     field("retrieve", "k", [1, 2, KMAX]),
@@ -143,7 +143,7 @@ def rows_for(tuned):
         rows["full - duplicate shortcut"] = with_(tuned, retrieve={"duplicates": False})
     if tuned.execute.enabled:
         rows["full - execute"] = with_(tuned, execute={"enabled": False})
-        for kind in ("output", "error"):  # each kind of evidence a run gives
+        for kind in ("output", "error", "examples"):  # each kind of evidence a run gives
             trust = [k for k in tuned.execute.trust if k != kind] if kind in tuned.execute.trust else [*tuned.execute.trust, kind]
             rows[f"full {'-' if kind in tuned.execute.trust else '+'} {kind} evidence"] = with_(tuned, execute={"trust": trust})
     else:

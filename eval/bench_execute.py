@@ -3,11 +3,12 @@
 Usage: python eval/bench_execute.py [--data ../shared/codemmlu-b6/train.csv] [--split dev]
                                     [--workers 2] [--timeout 5]
 
-For every question graphs/execute.py can run (output prediction), the snippet runs once in
-the sandbox (solver/sandbox.py; runs cached in .cache/exec/), and the options its output
-matches are compared with the label: detected, ran (status ok), settled (exactly one
-option left), right (that option is the label), precision (right / settled); and the
-runs that failed and left exactly one "error" option. This precision is what decides
+For every question graphs/execute.py can run (output prediction: the snippet once;
+completion with examples: each option's body against the docstring's examples), the
+programs run in the sandbox (solver/sandbox.py; runs cached in .cache/exec/), and what the
+runs leave is compared with the label, per language and kind of evidence: runs, settled
+(exactly one option left), right (that option is the label), precision (right / settled),
+and how often the label was among the options ruled out. This precision is what decides
 whether the graph may trust a kind of evidence.
 """
 
@@ -44,9 +45,9 @@ def main():
     results = run_jobs([j for _, j in jobs], ExecuteConfig(timeout_s=args.timeout, workers=args.workers))
     seconds = time.perf_counter() - start
     rows: dict[tuple[str, str], Counter] = {}
-    for (q, j), r in zip(jobs, results):
-        e = evidence(q, j, r.status, r.stdout)
-        tier = "output" if r.status == "ok" else "error" if r.status in ("compile_error", "runtime_error") else "other"
+    for (q, j), rs in zip(jobs, results):
+        e = evidence(q, j, rs)
+        tier = e.kind if e.status in ("ok", "compile_error", "runtime_error") else "other"
         c = rows.setdefault((j.language, tier), Counter())
         c["runs"] += 1
         c["settled"] += e.settled is not None
@@ -54,14 +55,14 @@ def main():
         c["ruled_out_right"] += bool(e.consistent) and q.answer not in e.consistent
     print(f"{args.split}: {len(qs)} questions, {len(jobs)} runnable ({machine()}; {seconds:.0f} s for the runs, "
           f"{args.workers} at a time, cached runs free)")
-    print("| language | run ended | runs | settled | right | precision | label ruled out |")
+    print("| language | evidence | questions | settled | right | precision | label ruled out |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     total = Counter()
     for (lang, tier), c in sorted(rows.items()):
         total.update({f"{tier} {k}": v for k, v in c.items()})
         prec = f"{c['right'] / c['settled']:.2f}" if c["settled"] else ""
         print(f"| {lang} | {tier} | {c['runs']} | {c['settled']} | {c['right']} | {prec} | {c['ruled_out_right']} |")
-    for tier in ("output", "error"):
+    for tier in ("output", "error", "examples"):
         s, r = total[f"{tier} settled"], total[f"{tier} right"]
         print(f"{tier}: settled {s} of {len(qs)} questions ({s / max(len(qs), 1):.1%}), precision {r / s if s else 0:.2f}")
 

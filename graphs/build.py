@@ -112,5 +112,5 @@ class GraphRunner:
     def _cost(self, s: dict) -> dict:
         """LLM prompts and tokens, sandboxed runs and their seconds, and where it ran."""
         runs = [t for t in s["trace"] if t["step"] == "execute" and t["ran"]]
-        return {"step": "cost", "calls": s.get("calls", 0), "tokens": s.get("tokens", 0), "runs": len(runs),
-                "run_seconds": round(sum(t["seconds"] for t in runs if not t["cached"]), 3)} | self.hardware
+        return {"step": "cost", "calls": s.get("calls", 0), "tokens": s.get("tokens", 0),
+                "runs": sum(t["runs"] for t in runs), "run_seconds": round(sum(t["seconds"] for t in runs), 3)} | self.hardware

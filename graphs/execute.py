@@ -1,16 +1,22 @@
 """Evidence from running a question's code in the sandbox (solver/sandbox.py).
 
-Output prediction ("What is the output of the following code?", the options are
-outputs): the snippet runs once, and the options its output matches are consistent, the
-rest ruled out. A snippet that fails to compile or raises points at the options that
-name an error. Pure functions here (what kind of question, which language, which code,
-which options the run matches); the sandbox does the running.
+Two kinds of question run:
+- output prediction ("What is the output of the following code?", the options are
+  outputs): the snippet runs once; the options its output matches are consistent
+  ("output" evidence). A snippet that fails to compile or raises points at the options
+  that name an error ("error" evidence).
+- completion with examples (a Python function whose docstring holds `>>>` examples, the
+  options are bodies): each option's body runs against the examples (doctest); the
+  options that pass them all are consistent ("examples" evidence).
+Pure functions here (what kind of question, which language, which programs, which
+options the runs leave); the sandbox does the running.
 """
 
 from __future__ import annotations
 
 import ast
 import re
+import textwrap
 from dataclasses import dataclass, field
 
 from solver import sandbox
@@ -33,13 +39,16 @@ LANGUAGES = [
 ]
 
 
+DOCTEST = "\n\nimport doctest as _d\n_r = _d.testmod()\nprint('DOCTEST', _r.failed, _r.attempted)\n"
+
+
 @dataclass
 class Job:
-    """One program to run for a question: its kind, language and source."""
+    """The programs to run for a question: one (output), or one per option (examples)."""
 
-    kind: str  # "output": the options are outputs
+    kind: str  # output: the options are outputs; examples: the options are bodies
     language: str
-    source: str
+    sources: list[str]
 
 
 @dataclass
@@ -62,11 +71,12 @@ def code_of(text: str) -> str:
     fenced = re.findall(r"```[\w+#-]*\n(.*?)```", text, re.S)
     if fenced:
         return "\n".join(fenced)
-    first, _, rest = text.partition("\n")
-    if rest.strip():
-        return rest
-    m = re.search(r"\?\s*", first)  # ask and code on one line: "...code?#include <stdio.h> ..."
-    return first[m.end():] if m else ""
+    lines = text.split("\n")
+    ask = next((i for i, line in enumerate(lines[:3]) if line.rstrip().endswith("?")), 0)  # an ask over 2-3 lines
+    if "\n".join(lines[ask + 1:]).strip():
+        return "\n".join(lines[ask + 1:])
+    m = re.search(r"\?\s*", lines[0])  # ask and code on one line: "...code?#include <stdio.h> ..."
+    return lines[0][m.end():] if m else ""
 
 
 def language_of(code: str) -> str | None:
@@ -98,9 +108,22 @@ def repl_to_script(code: str) -> str:
     return ast.unparse(ast.fix_missing_locations(ast.Module(body=body, type_ignores=[])))
 
 
+def completion_job(text: str, choices: list[str]) -> Job | None:
+    """A Python function stub with `>>>` examples in its docstring, and bodies as options:
+    each body in place, the examples run by doctest."""
+    code = code_of(text)
+    if not re.search(r"^\s*def \w+\(.*\)[^:]*:\s*$", code, re.M) or ">>>" not in code or ENV_DEPENDENT.search(text):
+        return None
+    stub = code.rstrip() + "\n"
+    bodies = [textwrap.indent(textwrap.dedent(c.strip("\n")), "    ") for c in choices]
+    return Job("examples", "python", [stub + body + DOCTEST for body in bodies])
+
+
 def job_for(q: Question) -> Job | None:
-    """The program to run for `q`, or None when it is not a question this step can run."""
+    """The programs to run for `q`, or None when it is not a question this step can run."""
     text = question_text(q)
+    if re.search(r"\bcomplet", text[:200], re.I):
+        return completion_job(text, q.choices)
     if not ASKS_OUTPUT.search(text.partition("\n")[0]) or ENV_DEPENDENT.search(text):
         return None
     code = code_of(text)
@@ -111,7 +134,7 @@ def job_for(q: Question) -> Job | None:
         code = unflatten_c(code)
     if language == "python" and ">>>" in code:
         code = repl_to_script(code)
-    return Job("output", language, code)
+    return Job("output", language, [code])
 
 
 def tokens(text: str) -> list[str]:
@@ -120,9 +143,21 @@ def tokens(text: str) -> list[str]:
     return re.findall(r"\w+|[^\w\s,;'\"`]", text.replace("\\n", " ").replace("\\t", " "))
 
 
-def evidence(q: Question, job: Job, status: str, stdout: str) -> Evidence:
-    """The options the run is consistent with: those whose text reads as its output, or,
-    for a run that failed, the options that name an error."""
+def passes(result) -> bool:
+    """A body's doctest run: it ran, attempted examples, and none failed."""
+    m = re.search(r"^DOCTEST (\d+) (\d+)$", result.stdout, re.M)
+    return result.status == "ok" and bool(m) and m[1] == "0" and m[2] != "0"
+
+
+def evidence(q: Question, job: Job, results: list) -> Evidence:
+    """The options the runs are consistent with: examples, the bodies that pass them all;
+    output, the options whose text reads as the output, or, for a run that failed, the
+    options that name an error."""
+    if job.kind == "examples":
+        statuses = {r.status for r in results}
+        status = "ok" if statuses & {"ok", "runtime_error"} else statuses.pop()  # unavailable, timeout...
+        return Evidence("examples", status, [k for k, r in zip(q.letters, results) if passes(r)] if status == "ok" else [])
+    status, stdout = results[0].status, results[0].stdout
     if status == "ok":
         said = tokens(stdout)
         return Evidence("output", status, [k for k, c in zip(q.letters, q.choices) if said and tokens(c) == said])
@@ -131,8 +166,10 @@ def evidence(q: Question, job: Job, status: str, stdout: str) -> Evidence:
     return Evidence(job.kind, status)
 
 
-def run_jobs(jobs: list[Job], cfg) -> list[sandbox.Result]:
-    """Run a step's jobs in the sandbox, `cfg.workers` at a time (`cfg`: ExecuteConfig)."""
-    return sandbox.run_many([{"language": j.language, "source": j.source, "timeout_s": cfg.timeout_s,
-                              "memory_mb": cfg.memory_mb, "unsafe": cfg.sandbox == "none"} for j in jobs],
-                            workers=cfg.workers)
+def run_jobs(jobs: list[Job], cfg) -> list[list[sandbox.Result]]:
+    """Run a step's jobs in the sandbox, `cfg.workers` programs at a time (`cfg`:
+    ExecuteConfig); each job's results, in its programs' order."""
+    results = iter(sandbox.run_many([{"language": j.language, "source": s, "timeout_s": cfg.timeout_s,
+                                      "memory_mb": cfg.memory_mb, "unsafe": cfg.sandbox == "none"}
+                                     for j in jobs for s in j.sources], workers=cfg.workers))
+    return [[next(results) for _ in j.sources] for j in jobs]

@@ -93,8 +93,9 @@ class ExecuteConfig(Strict):
     sandbox: Literal["bwrap", "none"] = "bwrap"
     # Evidence that settles a question alone when it leaves one option (eval/bench_execute.py
     # measures each on dev): output (the run's output matches one option), error (the run
-    # failed and one option names an error).
-    trust: list[Literal["output", "error"]] = ["output"]
+    # failed and one option names an error), examples (one option's body passes the
+    # docstring's examples).
+    trust: list[Literal["output", "error", "examples"]] = ["output", "examples"]
     timeout_s: float = 5.0  # wall time per run (compiling has its own budget)
     memory_mb: int = 512
     workers: int = 2  # runs at once

@@ -2,7 +2,7 @@
 and the one place that turns `dtype: auto` into a dtype.
 
 Why: bf16 is fast only where the hardware computes it. On an AVX2-only CPU (and on
-AVX-512 CPUs without AVX512-BF16) it is emulated and 4-6x slower than float32; on an
+AVX-512 CPUs without AVX512-BF16) it is emulated and 3-6x slower than float32; on an
 old GPU (compute capability < 8.0, e.g. a T4) it is not supported at all.
 """
 
@@ -61,15 +61,13 @@ def pick_dtype(requested: str = "auto", device: str | None = None) -> str:
     return "bfloat16" if cpu_has_bf16() else "float32"
 
 
-def usable_cores() -> int:
+def cores() -> list[int]:
     """The cores this process may run on (its affinity mask, which cgroup cpusets set)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
 
-def core_list() -> str:
-    """Those cores as a list vLLM's thread binding reads, e.g. '0,1'."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(usable_cores())
-    return ",".join(map(str, cores))
+def usable_cores() -> int:
+    return len(cores())
 
 
 def available_gb() -> float:
@@ -92,7 +90,7 @@ def cpu_engine_env(kv_gb: float | None) -> dict[str, str]:
     """Environment for a vLLM CPU engine, set from this machine: its OpenMP threads, one
     per core we may use, bound to those cores (not vLLM's guess, which may reserve one of
     two cores for its scheduler), and its KV-cache space. A variable the user set wins."""
-    env = {"VLLM_CPU_OMP_THREADS_BIND": core_list(), "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gb(kv_gb))}
+    env = {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores())), "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gb(kv_gb))}
     return env | USER_ENV
 
 

@@ -22,14 +22,20 @@ JS = Question(task_id="js", question="Question: What does this code print?\n```j
               "console.log(xs.sort().join('-'));\n```", choices=["3-1-2", "1-2-3", "1,2,3", "undefined"])
 BROKEN = Question(task_id="bad", question="Question: What is the output of the following C code?\n#include <stdio.h>\n"
                   "int main() { printf(\"%d\", x); }", choices=["0", "Garbage value", "Compile time error", "1"])
+DOCTESTED = Question(task_id="doc", question="Question: Which solution below is the most likely completion the following\n"
+                     "code snippet to achieve the desired goal?\n\n\ndef evens(xs: list) -> list:\n    \"\"\" The even numbers of xs.\n"
+                     "    >>> evens([1, 2, 3, 4])\n    [2, 4]\n    >>> evens([])\n    []\n    \"\"\"\n",
+                     choices=["  return [x for x in xs if x % 2]", "    return [x for x in xs if x % 2 == 0]\n",
+                              "  return xs[::2]"])
 CONCEPT = Question(task_id="k", question="Question: Which sorting algorithm is stable?", choices=["Quick sort", "Merge sort"])
 
 
 def test_which_questions_run_and_in_which_language():
     assert [job_for(q).language for q in (C, CPP_FLAT, REPL, JAVA, JS)] == ["c", "cpp", "python", "java", "javascript"]
     assert job_for(CONCEPT) is None
-    assert "\n#include <iostream>\n" in job_for(CPP_FLAT).source  # flattened snippets get their lines back
-    assert "print(repr(" in job_for(REPL).source  # a >>> session prints what it shows
+    assert "\n#include <iostream>\n" in job_for(CPP_FLAT).sources[0]  # flattened snippets get their lines back
+    assert "print(repr(" in job_for(REPL).sources[0]  # a >>> session prints what it shows
+    assert job_for(DOCTESTED).kind == "examples" and len(job_for(DOCTESTED).sources) == 3
 
 
 def test_outputs_read_without_their_layout():
@@ -37,7 +43,8 @@ def test_outputs_read_without_their_layout():
     assert tokens("{1, 2}") == tokens("{1,2}") != tokens("[1,2]")
 
 
-@pytest.mark.parametrize("q, want", [(C, "B"), (CPP_FLAT, "B"), (REPL, "C"), (JAVA, "B"), (JS, "B"), (BROKEN, "C")],
+@pytest.mark.parametrize("q, want", [(C, "B"), (CPP_FLAT, "B"), (REPL, "C"), (JAVA, "B"), (JS, "B"), (BROKEN, "C"),
+                                     (DOCTESTED, "B")],
                          ids=lambda x: x.task_id if isinstance(x, Question) else x)
 def test_a_sandboxed_run_settles_the_option(q, want, tmp_path):
     if sandbox.available() is None:
@@ -45,9 +52,9 @@ def test_a_sandboxed_run_settles_the_option(q, want, tmp_path):
     job = job_for(q)
     if not sandbox.runtimes()[job.language]:
         pytest.skip(f"no {job.language} toolchain here")
-    r = sandbox.run(job.language, job.source, timeout_s=10, cache_dir=tmp_path)
-    e = evidence(q, job, r.status, r.stdout)
-    assert e.settled == want, (r.status, r.stdout, r.stderr[-500:])
+    rs = [sandbox.run(job.language, s, timeout_s=10, cache_dir=tmp_path) for s in job.sources]
+    e = evidence(q, job, rs)
+    assert e.settled == want, [(r.status, r.stdout, r.stderr[-500:]) for r in rs]
 
 
 def test_graph_settles_runnable_questions_without_the_llm(engine_solver, tmp_path, monkeypatch):
