@@ -137,7 +137,7 @@ def rows_for(tuned):
     test is measured either way."""
     rows = {"baseline (single pass)": with_(tuned, graph={"enabled": False}, answer={"orders": 1}),
             "answer only": with_(tuned, verify={"enabled": False}, retrieve={"enabled": False},
-                                 reanswer={"enabled": False}),
+                                 reanswer={"enabled": False}, execute={"enabled": False}),
             "full graph": tuned}
     if tuned.retrieve.enabled and tuned.retrieve.duplicates:
         rows["full - duplicate shortcut"] = with_(tuned, retrieve={"duplicates": False})

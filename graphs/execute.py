@@ -55,7 +55,7 @@ class Job:
 class Evidence:
     """What a run says about the options: the letters it is consistent with, and why."""
 
-    kind: str  # output: the output matched options; error: the run failed, options name an error
+    kind: str  # output: the output matched; error: the run failed, options name an error; examples: bodies passed
     status: str  # the sandbox's: ok, compile_error, runtime_error, timeout, killed, unavailable
     consistent: list[str] = field(default_factory=list)  # empty: the run settles nothing
 

@@ -14,9 +14,9 @@ import json
 import math
 import os
 from abc import ABC, abstractmethod
-from unittest.mock import patch
 from functools import cached_property
 from pathlib import Path
+from unittest.mock import patch  # patch.dict: environment variables set for one engine start
 
 from solver.config import BackboneConfig
 from solver.hardware import cpu_engine_env, cpu_has_bf16, cuda_capability, pick_dtype
@@ -62,7 +62,7 @@ def engine_dtype(cfg: BackboneConfig) -> str:
         from solver.console import warn
 
         warn(f"backbone '{cfg.label}' runs in bfloat16, which this CPU emulates (no AVX512-BF16/AMX): "
-             "about 5x slower than float32; set dtype: auto")
+             "3-6x slower than float32; set dtype: auto")
     return dtype
 
 

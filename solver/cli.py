@@ -20,11 +20,11 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from index.cli import app as index_app  # noqa: E402
+from solver.backbone import run_dtype  # noqa: E402
 from solver.config import load_config  # noqa: E402
 from solver.console import chatter_to_log, err, fail, log_note, out, reported, skipped_note  # noqa: E402
 from solver.data import load_questions, split_of  # noqa: E402
 from solver.journal import Journal, atomic_write, submission_csv, traces_jsonl  # noqa: E402
-from solver.backbone import run_dtype  # noqa: E402
 from solver.hardware import machine  # noqa: E402
 from solver.models import resolve_model  # noqa: E402
 from solver.runner import answer_all, fingerprint, score  # noqa: E402
