@@ -3,6 +3,7 @@ reported on its test split.
 
 Usage: python eval/ablate.py --data ../shared/codemmlu-b6/train.csv --config configs/graph.yaml
                              [--model SPEC ...] [--dev-n N] [--test-n N] [--time-n N] [--z 2.0] [--out DIR]
+                             [--no-tune] [--rows "full - execute,..."]
 
 1. Tune ONE graph for all the models given, by coordinate ascent on the fixed hash split
    `dev` of the data, starting from the simplest graph (the duplicate shortcut, one option
@@ -164,8 +165,8 @@ def rows_for(tuned):
     return rows
 
 
-def report(m, tuned, index, time_n):
-    rows = {k: m.on(c) for k, c in rows_for(tuned).items()}
+def report(m, tuned, index, time_n, only=None):
+    rows = {k: m.on(c) for k, c in rows_for(tuned).items() if not only or k in only or k in ("baseline (single pass)", "full graph")}
     timed_qs = m.test[:time_n]
     timed = {}
     for _ in range(2):  # interleaved, best of two: the machine is shared
@@ -201,6 +202,8 @@ def main():
     ap.add_argument("--time-n", type=int, default=128)
     ap.add_argument("--z", type=float, default=2.0, help="significance a tuning change needs (0: any gain)")
     ap.add_argument("--no-tune", action="store_true", help="report the config as it is")
+    ap.add_argument("--rows", default=None, help="report only these rows (comma-separated), besides baseline and full graph: "
+                                                 "for a slow model")
     ap.add_argument("--out", default=str(ROOT / "eval" / "results" / "ablation"))
     args = ap.parse_args()
 
@@ -234,7 +237,7 @@ def main():
              f"reanswer.weight {tuned.reanswer.weight}."), ""]
     results = {}
     for m in models:
-        table, vs_base = report(m, tuned, index, args.time_n)
+        table, vs_base = report(m, tuned, index, args.time_n, args.rows.split(",") if args.rows else None)
         results[m.name] = {"table": table, "vs_baseline": vs_base}
         lines += section(m.cfg.backbone.model, table, vs_base, len(test), args.time_n)
         chart(table, out / f"ablation-{m.name}.png", f"{m.name}: accuracy on train.csv split test (n={len(test)})")

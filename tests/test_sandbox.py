@@ -108,7 +108,8 @@ def test_stdin_runtime_error_and_cache(tmp_path):
     assert len(list(tmp_path.glob("*.json"))) == 1
     again = sandbox.run("python", "import sys; print(sys.stdin.read().upper())", stdin="abc",
                         cache_dir=tmp_path)
-    assert again == r  # from the cache: same result, seconds included
+    assert again.cached and not r.cached  # from the cache: the same result, seconds included
+    assert again.model_copy(update={"cached": False}) == r
     bad = sandbox.run("python", "raise SystemExit(3)", cache_dir=None)
     assert (bad.status, bad.exit_code) == ("runtime_error", 3)
 
