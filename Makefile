@@ -40,7 +40,7 @@ run: setup
 	.venv/bin/solver run --input $(SAMPLE) --output submission.csv --config configs/baseline.yaml
 
 test: setup
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15  # the slowest tests, for the 30-minute budget
 
 # The default finetuned answer model (configs/finetuned.yaml answers with it); a run
 # already done is skipped, an interrupted one resumes.

@@ -102,6 +102,9 @@ def main() -> None:
     questions = [q for q in load_questions(args.data, labelled=True).questions if split_of(q.task_id) == "train"][: args.n]
     examples, too_long = build_examples(questions, tokenizer, args.max_len)
     lengths = [len(e.input_ids) for e in examples]
+    from solver.hardware import machine
+
+    print(machine())
     print(f"{args.model} ({dtype}, {device}, {torch.get_num_threads()} threads): {len(examples)} examples "
           f"({too_long} too long), {min(lengths)}-{max(lengths)} tokens (mean {statistics.mean(lengths):.0f}), "
           f"batch {args.batch_size}, {args.rounds} rounds")

@@ -61,7 +61,11 @@ def main():
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
     n_prompts = sum(len(r) for _, r in recorded)
-    print(f"{len(questions)} dev questions, config {cfg.name}, models {', '.join(b.model for b in cfg.backbones)}, {os.cpu_count()} cores")
+    from solver.backbone import run_dtype
+    from solver.hardware import machine
+
+    dtypes = ", ".join(f"{b.model} {run_dtype(b)}" for b in cfg.backbones)
+    print(f"{len(questions)} dev questions, config {cfg.name}, models {dtypes}; {machine()}")
     print(f"  {len(recorded)} batched LLM calls ({n_prompts} prompts, {n_prompts / len(questions):.2f} per question)")
     for k in times:
         print(f"  {k:>6}: {med[k]:.2f} s median ({', '.join(f'{t:.2f}' for t in times[k])})")
