@@ -51,7 +51,9 @@ STEPS = ("steps", [
 GRID = [
     field("retrieve", "duplicates", [True, False]),
     field("execute", "enabled", [True, False]),
-    field("execute", "trust", [["output", "examples"], ["output", "examples", "error"], ["output"]]),
+    field("execute", "trust", [["output", "examples", "compile"], ["output", "examples", "compile", "error"],
+                               ["output", "examples"], ["output"]]),
+    field("execute", "eliminate", [["examples", "compile"], [], ["compile"]]),
     field("answer", "orders", [1, 2]),
     STEPS,
     field("retrieve", "k", [1, 2, KMAX]),
@@ -144,9 +146,11 @@ def rows_for(tuned):
         rows["full - duplicate shortcut"] = with_(tuned, retrieve={"duplicates": False})
     if tuned.execute.enabled:
         rows["full - execute"] = with_(tuned, execute={"enabled": False})
-        for kind in ("output", "error", "examples"):  # each kind of evidence a run gives
+        for kind in ("output", "error", "examples", "compile"):  # each kind of evidence a run gives
             trust = [k for k in tuned.execute.trust if k != kind] if kind in tuned.execute.trust else [*tuned.execute.trust, kind]
             rows[f"full {'-' if kind in tuned.execute.trust else '+'} {kind} evidence"] = with_(tuned, execute={"trust": trust})
+        if tuned.execute.eliminate:
+            rows["full - elimination"] = with_(tuned, execute={"eliminate": []})
     else:
         rows["full + execute"] = with_(tuned, execute={"enabled": True})
     if tuned.answer.orders > 1:
@@ -231,7 +235,7 @@ def main():
               f"{dev_acc:.4f}; a change kept only with net flips >= {args.z} sd)")
     lines = [f"Graph ablation: {tuning}; reported on split test; index: split train.", "",
              (f"Tuned: duplicates {tuned.retrieve.duplicates}, execute {tuned.execute.enabled} (trusted: "
-              f"{', '.join(tuned.execute.trust)}), option orders {tuned.answer.orders}, verify "
+              f"{', '.join(tuned.execute.trust)}; eliminating: {', '.join(tuned.execute.eliminate) or 'none'}), option orders {tuned.answer.orders}, verify "
              f"{tuned.verify.enabled}, reanswer {tuned.reanswer.enabled} (examples: floor {tuned.retrieve.floor}, "
              f"k {tuned.retrieve.k}), graph.accept {tuned.graph.accept}, verify.accept {tuned.verify.accept}, "
              f"reanswer.weight {tuned.reanswer.weight}."), ""]

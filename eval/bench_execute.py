@@ -4,12 +4,14 @@ Usage: python eval/bench_execute.py [--data ../shared/codemmlu-b6/train.csv] [--
                                     [--workers 2] [--timeout 5]
 
 For every question graphs/execute.py can run (output prediction: the snippet once;
-completion with examples: each option's body against the docstring's examples), the
+completion with examples: each option's body against the docstring's examples;
+behaviour: the program compiled only), the
 programs run in the sandbox (solver/sandbox.py; runs cached in .cache/exec/), and what the
 runs leave is compared with the label, per language and kind of evidence: runs, settled
 (exactly one option left), right (that option is the label), precision (right / settled),
-and how often the label was among the options ruled out. This precision is what decides
-whether the graph may trust a kind of evidence.
+how often the label was among the options ruled out, and, where the runs narrow the
+options without settling them, how often the label stays. These decide whether the graph
+may trust a kind of evidence to settle a question, or to remove options.
 """
 
 from __future__ import annotations
@@ -53,18 +55,25 @@ def main():
         c["settled"] += e.settled is not None
         c["right"] += e.settled is not None and e.settled == q.answer
         c["ruled_out_right"] += bool(e.consistent) and q.answer not in e.consistent
+        narrowed = 1 < len(e.consistent) < len(q.choices)
+        c["narrowed"] += narrowed
+        c["narrowed_kept"] += narrowed and q.answer in e.consistent
+        c["options_left"] += len(e.consistent) if narrowed else 0
     print(f"{args.split}: {len(qs)} questions, {len(jobs)} runnable ({machine()}; {seconds:.0f} s for the runs, "
           f"{args.workers} at a time, cached runs free)")
-    print("| language | evidence | questions | settled | right | precision | label ruled out |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| language | evidence | questions | settled | right | precision | label ruled out | narrowed | label kept |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     total = Counter()
     for (lang, tier), c in sorted(rows.items()):
         total.update({f"{tier} {k}": v for k, v in c.items()})
         prec = f"{c['right'] / c['settled']:.2f}" if c["settled"] else ""
-        print(f"| {lang} | {tier} | {c['runs']} | {c['settled']} | {c['right']} | {prec} | {c['ruled_out_right']} |")
-    for tier in ("output", "error", "examples"):
-        s, r = total[f"{tier} settled"], total[f"{tier} right"]
-        print(f"{tier}: settled {s} of {len(qs)} questions ({s / max(len(qs), 1):.1%}), precision {r / s if s else 0:.2f}")
+        print(f"| {lang} | {tier} | {c['runs']} | {c['settled']} | {c['right']} | {prec} | {c['ruled_out_right']} "
+              f"| {c['narrowed']} | {c['narrowed_kept']} |")
+    for tier in ("output", "error", "examples", "compile"):
+        s, r, n = total[f"{tier} settled"], total[f"{tier} right"], total[f"{tier} narrowed"]
+        print(f"{tier}: settled {s} of {len(qs)} questions ({s / max(len(qs), 1):.1%}), precision {r / s if s else 0:.2f}; "
+              f"narrowed {n} to {total[f'{tier} options_left'] / max(n, 1):.1f} options, the label kept in "
+              f"{total[f'{tier} narrowed_kept']}")
 
 
 if __name__ == "__main__":

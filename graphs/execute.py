@@ -1,13 +1,20 @@
 """Evidence from running a question's code in the sandbox (solver/sandbox.py).
 
-Two kinds of question run:
+Three kinds of question run:
 - output prediction ("What is the output of the following code?", the options are
   outputs): the snippet runs once; the options its output matches are consistent
   ("output" evidence). A snippet that fails to compile or raises points at the options
   that name an error ("error" evidence).
-- completion with examples (a Python function whose docstring holds `>>>` examples, the
-  options are bodies): each option's body runs against the examples (doctest); the
-  options that pass them all are consistent ("examples" evidence).
+- completion with examples (a Python function whose docstring holds examples: `>>>`
+  sessions, `f(x) == y` / `f(x) => y` lines, or Input:/Output: pairs; the options are
+  bodies): each option's body runs against the examples; the options that pass them all
+  are consistent ("examples" evidence).
+- behaviour ("which behavior most likely occurs when executing it?", the options are
+  Compile Error, Runtime Error, ...): the program is compiled (Python and JavaScript:
+  parsed), not run, since it waits for an input we do not have; a compile error points
+  at "Compile Error", a clean compile rules it out ("compile" evidence). These are
+  online-judge submissions (CodeNet: AtCoder, Aizu), whose judges compile Java as
+  Main.java: a main class of another name is a compile error there (35 of 35 on train).
 Pure functions here (what kind of question, which language, which programs, which
 options the runs leave); the sandbox does the running.
 """
@@ -28,6 +35,8 @@ ASKS_OUTPUT = re.compile(r"\b(output|print(?:s|ed)?|displayed?|result)\b[^\n?]*\
 # processes, time): this sandbox's run is no evidence for it.
 ENV_DEPENDENT = re.compile(r"\b(16|32|64)[- ]?bit\b|turbo|\bfopen\s*\(|\bopen\s*\(\s*\"|\bfork\s*\(|\bsleep\s*\(|"
                            r"/dev/|pthread|\btime\s*\(|\brand\s*\(|random\.|Math\.random|\bthread", re.I)
+BEHAVIOUR = re.compile(r"\bbehaviou?r\b[^\n]*\boccur", re.I)
+COMPILE_OPTION = re.compile(r"\bcompil\w*[\s-]*(time\s*)?error|\bdoes not compile|\bsyntax error", re.I)
 ERROR_OPTION = re.compile(r"\b(error|exception|compil\w*|does not compile|undefined behaviou?r|segmentation)\b", re.I)
 # (language, pattern): the first that matches the code names its language
 LANGUAGES = [
@@ -39,14 +48,36 @@ LANGUAGES = [
 ]
 
 
-DOCTEST = "\n\nimport doctest as _d\n_r = _d.testmod()\nprint('DOCTEST', _r.failed, _r.attempted)\n"
+DOCTEST = "\n\nimport doctest as _d\n_r = _d.testmod()\nprint('EXAMPLES', _r.failed, _r.attempted)\n"
+# Examples as (call arguments, expected value) source pairs: an example whose own text does
+# not evaluate (`is_happy(abc) => False`) is skipped, not failed; a body that raises fails.
+CALLS = """
+
+import math as _m
+def _same(r, e):
+    return r == e or (isinstance(r, float) and isinstance(e, (int, float)) and _m.isclose(r, e, rel_tol=1e-6, abs_tol=1e-6))
+_failed = _tried = 0
+for _args, _want in {pairs!r}:
+    try:
+        _a, _k = eval("(lambda *a, **k: (a, k))(" + _args + ")")
+        _w = eval(_want)
+    except Exception:
+        continue
+    _tried += 1
+    try:
+        _failed += not _same({name}(*_a, **_k), _w)
+    except Exception:
+        _failed += 1
+print('EXAMPLES', _failed, _tried)
+"""
+ARROW = r"\s*(?:==|=>|->|➞|⇒|→|=|should\s+return|returns?)\s*"
 
 
 @dataclass
 class Job:
     """The programs to run for a question: one (output), or one per option (examples)."""
 
-    kind: str  # output: the options are outputs; examples: the options are bodies
+    kind: str  # output: the options are outputs; examples: the options are bodies; compile: compile only
     language: str
     sources: list[str]
 
@@ -55,7 +86,9 @@ class Job:
 class Evidence:
     """What a run says about the options: the letters it is consistent with, and why."""
 
-    kind: str  # output: the output matched; error: the run failed, options name an error; examples: bodies passed
+    # output: the output matched; error: the run failed, options name an error; examples:
+    # bodies passed; compile: the program compiled (or not), options name a compile error (or not)
+    kind: str
     status: str  # the sandbox's: ok, compile_error, runtime_error, timeout, killed, unavailable
     consistent: list[str] = field(default_factory=list)  # empty: the run settles nothing
 
@@ -63,6 +96,10 @@ class Evidence:
     def settled(self) -> str | None:
         """The one option the run leaves, if it leaves exactly one."""
         return self.consistent[0] if len(self.consistent) == 1 else None
+
+    def ruled_out(self, letters: list[str]) -> list[str]:
+        """The options the run is inconsistent with (none, if it is consistent with none)."""
+        return [k for k in letters if k not in self.consistent] if self.consistent else []
 
 
 def code_of(text: str) -> str:
@@ -108,15 +145,39 @@ def repl_to_script(code: str) -> str:
     return ast.unparse(ast.fix_missing_locations(ast.Module(body=body, type_ignores=[])))
 
 
+def call_examples(code: str, name: str) -> list[tuple[str, str]]:
+    """`name(args) == expected` lines (also =>, ->, =, "should return") and Input:/Output:
+    pairs in the code, as (args, expected) sources."""
+    pairs = [(m[1], m[2]) for m in re.finditer(rf"^\s*(?:>>>\s*)?{name}\s*\((.*)\){ARROW}(.+?)[.,;]?\s*$", code, re.M)]
+    pairs += [(m[1], m[2]) for m in re.finditer(r"^\s*Input:\s*(.+?)\s*\n(?:\s*\n)?\s*Output:\s*(.+?)\s*$", code, re.M)]
+    return pairs
+
+
 def completion_job(text: str, choices: list[str]) -> Job | None:
-    """A Python function stub with `>>>` examples in its docstring, and bodies as options:
-    each body in place, the examples run by doctest."""
+    """A Python function stub whose docstring holds examples, and bodies as options: each
+    body in place, run against the examples (doctest for `>>>` sessions)."""
     code = code_of(text)
-    if not re.search(r"^\s*def \w+\(.*\)[^:]*:\s*$", code, re.M) or ">>>" not in code or ENV_DEPENDENT.search(text):
+    names = re.findall(r"^def (\w+)\(.*\)[^:]*:\s*$", code, re.M)
+    if not names or ENV_DEPENDENT.search(text):
+        return None
+    if ">>>" in code:
+        harness = DOCTEST
+    elif pairs := call_examples(code, names[-1]):
+        harness = CALLS.format(pairs=pairs, name=names[-1])
+    else:
         return None
     stub = code.rstrip() + "\n"
     bodies = [textwrap.indent(textwrap.dedent(c.strip("\n")), "    ") for c in choices]
-    return Job("examples", "python", [stub + body + DOCTEST for body in bodies])
+    return Job("examples", "python", [stub + body + harness for body in bodies])
+
+
+def behaviour_job(text: str, choices: list[str]) -> Job | None:
+    """A program whose behaviour the options name: compiled only (it reads an input we lack)."""
+    code = code_of(text)
+    language = language_of(code) if code.strip() else None
+    if language is None or not any(COMPILE_OPTION.search(c) for c in choices):
+        return None
+    return Job("compile", language, [unflatten_c(code) if language in ("c", "cpp") else code])
 
 
 def job_for(q: Question) -> Job | None:
@@ -124,6 +185,8 @@ def job_for(q: Question) -> Job | None:
     text = question_text(q)
     if re.search(r"\bcomplet", text[:200], re.I):
         return completion_job(text, q.choices)
+    if BEHAVIOUR.search(text[:300]):
+        return behaviour_job(text, q.choices)
     if not ASKS_OUTPUT.search(text.partition("\n")[0]) or ENV_DEPENDENT.search(text):
         return None
     code = code_of(text)
@@ -144,20 +207,28 @@ def tokens(text: str) -> list[str]:
 
 
 def passes(result) -> bool:
-    """A body's doctest run: it ran, attempted examples, and none failed."""
-    m = re.search(r"^DOCTEST (\d+) (\d+)$", result.stdout, re.M)
+    """A body's run against the examples: it ran, attempted some, and none failed."""
+    m = re.search(r"^EXAMPLES (\d+) (\d+)$", result.stdout, re.M)
     return result.status == "ok" and bool(m) and m[1] == "0" and m[2] != "0"
 
 
 def evidence(q: Question, job: Job, results: list) -> Evidence:
     """The options the runs are consistent with: examples, the bodies that pass them all;
     output, the options whose text reads as the output, or, for a run that failed, the
-    options that name an error."""
+    options that name an error; compile, the options that name a compile error if it
+    failed to compile, else the others."""
     if job.kind == "examples":
         statuses = {r.status for r in results}
         status = "ok" if statuses & {"ok", "runtime_error"} else statuses.pop()  # unavailable, timeout...
         return Evidence("examples", status, [k for k, r in zip(q.letters, results) if passes(r)] if status == "ok" else [])
     status, stdout = results[0].status, results[0].stdout
+    if job.kind == "compile":  # Python that does not parse may be Python 2: no evidence
+        if status not in ("ok", "compile_error") or (status == "compile_error" and job.language == "python"):
+            return Evidence("compile", status)
+        if job.language == "java" and sandbox.java_class(job.sources[0]) != "Main":
+            status = "compile_error"  # the judges of these programs compile Main.java (below)
+        return Evidence("compile", status, [k for k, c in zip(q.letters, q.choices)
+                                            if bool(COMPILE_OPTION.search(c)) == (status == "compile_error")])
     if status == "ok":
         said = tokens(stdout)
         return Evidence("output", status, [k for k, c in zip(q.letters, q.choices) if said and tokens(c) == said])
@@ -170,6 +241,7 @@ def run_jobs(jobs: list[Job], cfg) -> list[list[sandbox.Result]]:
     """Run a step's jobs in the sandbox, `cfg.workers` programs at a time (`cfg`:
     ExecuteConfig); each job's results, in its programs' order."""
     results = iter(sandbox.run_many([{"language": j.language, "source": s, "timeout_s": cfg.timeout_s,
-                                      "memory_mb": cfg.memory_mb, "unsafe": cfg.sandbox == "none"}
+                                      "memory_mb": cfg.memory_mb, "unsafe": cfg.sandbox == "none",
+                                      "check_only": j.kind == "compile"}
                                      for j in jobs for s in j.sources], workers=cfg.workers))
     return [[next(results) for _ in j.sources] for j in jobs]

@@ -1,7 +1,7 @@
 """The graph's nodes: each reads the state, asks the batcher, and returns an update.
 
 retrieve: the exact-duplicate shortcut and the nearest solved questions (no LLM).
-execute:  the question's code run in the sandbox: the options its output matches (no LLM).
+execute:  the question's code run in the sandbox: the options the run is consistent with (no LLM).
 answer:   one voter's probabilities: one backbone, one option order (fanned out by Send).
 vote:     the voters' probabilities combined by `vote.rule` (graphs/vote.py).
 verify:   P(TRUE) that the current answer is right, from the logprobs of TRUE/FALSE.
@@ -92,7 +92,8 @@ def make_nodes(cfg, backbones: dict, batcher, index=None) -> dict:
         executed = {"kind": e.kind, "status": e.status, "consistent": e.consistent, "settled": e.settled}
         step = {"step": "execute", "ran": True, "language": job.language, "runs": len(results),
                 "seconds": round(sum(r.seconds for r in results if not r.cached), 3),  # a cached run cost nothing now
-                **executed, "trusted": settled_by_run({"executed": executed}, cfg) is not None}
+                **executed, "trusted": settled_by_run({"executed": executed}, cfg) is not None,
+                "ruled_out": e.ruled_out(q.letters) if e.kind in cfg.execute.eliminate and not e.settled else []}
         if e.status == "unavailable":
             step["why"] = results[0].stderr
         return {"executed": executed, "trace": [step]}

@@ -114,5 +114,16 @@ def current(s: dict, cfg: SolverConfig) -> dict[str, float]:
     p = s["probs"]
     if s.get("reprobs"):
         w = cfg.reanswer.weight
-        return {k: (1 - w) * p[k] + w * s["reprobs"].get(k, 0.0) for k in p}
-    return dict(p)
+        p = {k: (1 - w) * p[k] + w * s["reprobs"].get(k, 0.0) for k in p}
+    return eliminate(p, s.get("executed"), cfg)
+
+
+def eliminate(p: dict[str, float], executed: dict | None, cfg: SolverConfig) -> dict[str, float]:
+    """The probabilities without the options a run ruled out (when its kind is trusted to
+    rule out), renormalised; a run consistent with no option removes nothing."""
+    keep = executed["consistent"] if executed and executed["kind"] in cfg.execute.eliminate else []
+    if not keep:
+        return dict(p)
+    kept = {k: (v if k in keep else 0.0) for k, v in p.items()}
+    total = sum(kept.values())
+    return {k: v / total for k, v in kept.items()} if total > 0 else {k: float(k in keep) / len(keep) for k in p}

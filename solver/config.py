@@ -85,7 +85,7 @@ class RetrieveConfig(Strict):
 
 
 class ExecuteConfig(Strict):
-    """Run the code in a question (output prediction) in the sandbox, before any LLM call."""
+    """Run the code in a question in the sandbox (graphs/execute.py), before any LLM call."""
 
     enabled: bool = False
     # bwrap: solver/sandbox.py, and no run at all where it is missing (one warning).
@@ -94,8 +94,12 @@ class ExecuteConfig(Strict):
     # Evidence that settles a question alone when it leaves one option (eval/bench_execute.py
     # measures each on dev): output (the run's output matches one option), error (the run
     # failed and one option names an error), examples (one option's body passes the
-    # docstring's examples).
-    trust: list[Literal["output", "error", "examples"]] = ["output", "examples"]
+    # docstring's examples), compile (the program of a behaviour question did not compile,
+    # and one option names a compile error).
+    trust: list[Literal["output", "error", "examples", "compile"]] = ["output", "examples", "compile"]
+    # Evidence whose ruled-out options are removed from the answer's probabilities when it
+    # leaves more than one (a behaviour question's program compiled: not "Compile Error").
+    eliminate: list[Literal["output", "error", "examples", "compile"]] = ["examples", "compile"]
     timeout_s: float = 5.0  # wall time per run (compiling has its own budget)
     memory_mb: int = 512
     workers: int = 2  # runs at once

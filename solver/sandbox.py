@@ -9,6 +9,7 @@ second (that folder read-only, so the program can only write the capped tmpfs). 
 bwrap's init (pid 1 of the run's pid namespace) dies, the kernel kills everything left
 inside; a wall timeout or an output cap kills bwrap's whole process group.
 No bwrap, no run: status "unavailable", unless the caller asks for `unsafe=True`.
+`check_only=True` compiles (or, for Python and JavaScript, parses) and runs nothing.
 """
 
 from __future__ import annotations
@@ -230,8 +231,14 @@ def _commands(lang: str, source: str, w: str, memory_mb: int) -> tuple[str, list
                 "javascript": (None, ["node", f"--max-old-space-size={memory_mb // 2}", f"{w}/{f}"])}[lang]
 
 
+# Parse without running: Python's compile() and node --check (the interpreters' own compilers)
+CHECK = {"python": ["python3", "-I", "-S", "-c", "import sys; compile(open(sys.argv[1], 'rb').read(), 'main.py', 'exec')"],
+         "javascript": ["node", "--check"]}
+
+
 def run(language: str, source: str, *, stdin: str = "", timeout_s: float = 5, memory_mb: int = 512,
-        max_output: int = 64_000, unsafe: bool = False, cache_dir: Path | None = CACHE_DIR) -> Result:
+        max_output: int = 64_000, unsafe: bool = False, check_only: bool = False,
+        cache_dir: Path | None = CACHE_DIR) -> Result:
     """Compile (if needed) and run `source`; the Result says how it ended.
 
     Cached on disk by (mechanism, language, source, stdin, limits); timeouts and
@@ -245,13 +252,15 @@ def run(language: str, source: str, *, stdin: str = "", timeout_s: float = 5, me
         why = "no sandbox (bwrap) here" if mech is None else f"no {language} toolchain here"
         return Result(status="unavailable", stderr=why)
     key = hashlib.sha256(json.dumps([VERSION, mech, language, source, stdin, timeout_s, memory_mb,
-                                     max_output]).encode()).hexdigest()
+                                     max_output] + (["check"] if check_only else [])).encode()).hexdigest()
     path = cache_dir / f"{key}.json" if cache_dir else None
     if path and path.is_file():
         return Result.model_validate_json(path.read_text()).model_copy(update={"cached": True})
     with tempfile.TemporaryDirectory(prefix="codemcq-exec-") as work:
         w = "/w" if mech == "bwrap" else work
         name, compile_argv, run_argv = _commands(language, source, w, memory_mb)
+        if check_only:
+            compile_argv, run_argv = compile_argv or [*CHECK[language], f"{w}/{name}"], None
         Path(work, name).write_text(source)
         _own(work)
         box = (lambda argv, writable: _bwrap(argv, work, writable)) if mech == "bwrap" else (lambda a, _: a)
@@ -260,7 +269,9 @@ def run(language: str, source: str, *, stdin: str = "", timeout_s: float = 5, me
         if compile_argv:
             c = _exec(box(compile_argv, True), work, "", COMPILE_S, max(memory_mb, COMPILE_MB),
                       use_data, max_output)
-        if c.status == "ok":
+        if c.status == "ok" and run_argv is None:
+            r = c
+        elif c.status == "ok":
             r = _exec(box(run_argv, False), work, stdin, timeout_s, memory_mb, use_data, max_output)
             r.seconds = round(r.seconds + c.seconds, 3)
         else:

@@ -3,7 +3,7 @@ sandboxed run says about the options (fixtures of our own)."""
 
 import pytest
 
-from graphs.execute import evidence, job_for, tokens
+from graphs.execute import call_examples, evidence, job_for, tokens
 from solver import sandbox
 from solver.types import Question
 
@@ -27,6 +27,25 @@ DOCTESTED = Question(task_id="doc", question="Question: Which solution below is 
                      "    >>> evens([1, 2, 3, 4])\n    [2, 4]\n    >>> evens([])\n    []\n    \"\"\"\n",
                      choices=["  return [x for x in xs if x % 2]", "    return [x for x in xs if x % 2 == 0]\n",
                               "  return xs[::2]"])
+CALLED = Question(task_id="calls", question="Question: Which solution below is the most likely completion the following\n"
+                  "code snippet to achieve the desired goal?\n\ndef largest_even(x, y):\n    \"\"\"The biggest even number in [x, y], or -1.\n"
+                  "    For example:\n    largest_even(12, 15) = 14\n    largest_even(13, 12) => -1\n    largest_even(a, b) == -1\n"
+                  "    \"\"\"\n", choices=["    return y if y % 2 == 0 else y - 1",
+                                          "    if x > y:\n        return -1\n    return y if y % 2 == 0 else y - 1",
+                                          "    return max(x, y)"])
+IO = Question(task_id="io", question="Question: Which solution below is the most likely completion the following\n"
+              "code snippet to achieve the desired goal?\n\ndef count_up(n, step):\n    \"\"\"\n    Example 1:\n\n"
+              "        Input: n = 7, step = 3\n        Output: [0, 3, 6]\n    \"\"\"\n",
+              choices=["    return list(range(0, n, step))", "    return list(range(n))[::step][1:]", "    while True: pass"])
+JUDGED = ("Question: Given a code snippet below, which behavior most likely to occur when execute it?\n"
+          "import java.util.*;\npublic class {name} {{\n  public static void main(String[] a) {{\n"
+          "    Scanner sc = new Scanner(System.in);\n    int n = sc.nextInt();\n    System.out.println({expr});\n  }}\n}}\n")
+BEHAVIOURS = ["Runtime Error", "Compile Error", "No abnormally found", "Time Limit Exceeded"]
+COMPILES = Question(task_id="compiles", question=JUDGED.format(name="Main", expr="n * 2"), choices=BEHAVIOURS)
+NOT_JAVA = Question(task_id="noncompiling", question=JUDGED.format(name="Main", expr="n * \"2\" - 1"), choices=BEHAVIOURS)
+NOT_MAIN = Question(task_id="notmain", question=JUDGED.format(name="Solver", expr="n * 2"), choices=BEHAVIOURS)
+PY_BEHAVIOUR = Question(task_id="pybehaviour", question="Question: Given a code snippet below, which behavior most likely "
+                        "to occur when execute it?\nn = int(input())\nprint(sum(range(n)))\n", choices=BEHAVIOURS)
 CONCEPT = Question(task_id="k", question="Question: Which sorting algorithm is stable?", choices=["Quick sort", "Merge sort"])
 
 
@@ -36,6 +55,13 @@ def test_which_questions_run_and_in_which_language():
     assert "\n#include <iostream>\n" in job_for(CPP_FLAT).sources[0]  # flattened snippets get their lines back
     assert "print(repr(" in job_for(REPL).sources[0]  # a >>> session prints what it shows
     assert job_for(DOCTESTED).kind == "examples" and len(job_for(DOCTESTED).sources) == 3
+    assert [job_for(q).kind for q in (CALLED, IO, COMPILES, PY_BEHAVIOUR)] == ["examples", "examples", "compile", "compile"]
+
+
+def test_examples_read_from_the_docstring():
+    code = 'def f(a, b):\n    """\n    f(1, 2) == 3\n    f([1], (2, 3)) ➞ [1, 2].\n    f(x) should return 0\n    g(1) = 2\n    """'
+    assert call_examples(code, "f") == [("1, 2", "3"), ("[1], (2, 3)", "[1, 2]"), ("x", "0")]
+    assert call_examples("    Input: s = 'ab'\n\n    Output: 2\n", "f") == [("s = 'ab'", "2")]
 
 
 def test_outputs_read_without_their_layout():
@@ -44,7 +70,7 @@ def test_outputs_read_without_their_layout():
 
 
 @pytest.mark.parametrize("q, want", [(C, "B"), (CPP_FLAT, "B"), (REPL, "C"), (JAVA, "B"), (JS, "B"), (BROKEN, "C"),
-                                     (DOCTESTED, "B")],
+                                     (DOCTESTED, "B"), (CALLED, "B"), (IO, "A"), (NOT_JAVA, "B"), (NOT_MAIN, "B")],
                          ids=lambda x: x.task_id if isinstance(x, Question) else x)
 def test_a_sandboxed_run_settles_the_option(q, want, tmp_path):
     if sandbox.available() is None:
@@ -52,9 +78,25 @@ def test_a_sandboxed_run_settles_the_option(q, want, tmp_path):
     job = job_for(q)
     if not sandbox.runtimes()[job.language]:
         pytest.skip(f"no {job.language} toolchain here")
-    rs = [sandbox.run(job.language, s, timeout_s=10, cache_dir=tmp_path) for s in job.sources]
+    rs = [sandbox.run(job.language, s, timeout_s=10, check_only=job.kind == "compile", cache_dir=tmp_path)
+          for s in job.sources]
     e = evidence(q, job, rs)
     assert e.settled == want, [(r.status, r.stdout, r.stderr[-500:]) for r in rs]
+
+
+@pytest.mark.parametrize("q", [COMPILES, PY_BEHAVIOUR], ids=lambda q: q.task_id)
+def test_a_clean_compile_rules_out_compile_error(q, tmp_path):
+    """A behaviour question's program that compiles (Python: parses) is not a compile error;
+    it is never run (it waits for an input), so the rest stays open."""
+    if sandbox.available() is None:
+        pytest.skip("no sandbox (bwrap) here")
+    job = job_for(q)
+    if not sandbox.runtimes()[job.language]:
+        pytest.skip(f"no {job.language} toolchain here")
+    rs = [sandbox.run(job.language, s, check_only=True, cache_dir=tmp_path) for s in job.sources]
+    e = evidence(q, job, rs)
+    assert (rs[0].status, rs[0].stdout) == ("ok", "") and e.settled is None
+    assert e.ruled_out(q.letters) == ["B"] and e.consistent == ["A", "C", "D"]
 
 
 def test_graph_settles_runnable_questions_without_the_llm(engine_solver, tmp_path, monkeypatch):

@@ -101,6 +101,17 @@ def test_decide_mixes_the_reanswer_by_weight():
     assert R.decide(s, cfg(reanswer={"weight": 0.2}))[0] == "B"
 
 
+def test_a_run_removes_the_options_it_ruled_out_when_told_to():
+    run = {"kind": "compile", "status": "ok", "consistent": ["A", "C", "D"], "settled": None}
+    s = state(P, executed=run)
+    assert R.decide(s, cfg(execute={"eliminate": []}))[0] == "B"  # not told: the run only informs the trace
+    letter, final = R.decide(s, cfg(execute={"eliminate": ["compile"]}))
+    assert letter == "C" and final["B"] == 0 and abs(final["C"] - 0.5) < 1e-9 and abs(sum(final.values()) - 1) < 1e-9
+    assert R.decide(state(P, executed=run | {"consistent": []}), cfg(execute={"eliminate": ["compile"]}))[0] == "B"
+    zero = state({"A": 0.0, "B": 1.0, "C": 0.0, "D": 0.0}, executed=run)  # all the mass ruled out: the rest evenly
+    assert R.decide(zero, cfg(execute={"eliminate": ["compile"]}))[1] == {"A": 1 / 3, "B": 0.0, "C": 1 / 3, "D": 1 / 3}
+
+
 def test_batcher_makes_one_call_per_step():
     """Ten questions, two steps each, uneven work between, the first step fanned out to
     side-by-side nodes that start at different times: two batched calls in all."""

@@ -86,6 +86,17 @@ def test_compile_error(lang):
     assert r.status == "compile_error" and "error" in r.stderr and r.stdout == ""
 
 
+@pytest.mark.parametrize("lang", ["python", "java", "javascript"])
+def test_check_only_compiles_and_never_runs(lang, tmp_path):
+    need(lang)
+    ok = HELLO[lang]
+    bad = {"python": "print('ok'", "java": BROKEN["java"], "javascript": "console.log('ok'"}[lang]
+    r = sandbox.run(lang, ok, check_only=True, cache_dir=tmp_path)
+    assert (r.status, r.stdout) == ("ok", ""), r.stderr  # compiled, and nothing ran
+    assert sandbox.run(lang, bad, check_only=True, cache_dir=tmp_path).status == "compile_error"
+    assert sandbox.run(lang, ok, cache_dir=tmp_path).stdout == "ok\n"  # a check is cached apart from a run
+
+
 def test_java_class_names():
     assert sandbox.java_class("public final class Foo { }") == "Foo"
     assert sandbox.java_class("class A {}\nclass B { public static void main(String[] a) {} }") == "B"
