@@ -43,6 +43,7 @@ def run(cfg, backbones: dict, index, questions):
 
     solver = Solver(cfg, index=index, backbones=backbones)
     start, preds = time.perf_counter(), {}
+    solver.prepare(questions)  # the vote's position priors, from the whole input as `solver run` does
     for i in range(0, len(questions), cfg.answer.batch_size):
         preds.update((p.task_id, p) for p in solver.solve_batch(questions[i : i + cfg.answer.batch_size]))
     return preds, time.perf_counter() - start

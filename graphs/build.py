@@ -76,7 +76,11 @@ class GraphRunner:
     """Runs questions through the compiled graph, one coroutine each, one call per step
     and backbone (`backbones`: label -> Backbone, in the config's order)."""
 
-    def __init__(self, cfg: SolverConfig, backbones: dict, index=None, confusion=None, hardware: dict | None = None):
+    def __init__(self, cfg: SolverConfig, backbones: dict, index=None, confusion=None, hardware: dict | None = None,
+                 priors: dict | None = None, weights: dict | None = None, extra: dict | None = None):
+        """`priors`, `weights`: the vote's calibration (solver/api.py); `extra`: task_id ->
+        {calls, tokens} it cost beyond the graph (the question answered in every cyclic
+        order to estimate the priors), added to that question's cost."""
         handlers = {label: (lambda reqs, bb=bb: bb.achoose([p for p, _ in reqs], [o for _, o in reqs]))
                     for label, bb in backbones.items()}
         if index is not None:  # neighbours serve only the re-answer: without it, no embedding at all
@@ -86,9 +90,9 @@ class GraphRunner:
             handlers["execute"] = lambda jobs: asyncio.to_thread(run_jobs, jobs, cfg.execute)
             sandbox_warnings(cfg.execute)
         handlers["vote"] = self._weighted
-        self.index, self.confusion, self.hardware = index, confusion, hardware or {}
+        self.index, self.confusion, self.hardware, self.extra = index, confusion, hardware or {}, extra or {}
         self.batcher = StepBatcher(handlers)
-        nodes = make_nodes(cfg, backbones, self.batcher, index)
+        nodes = make_nodes(cfg, backbones, self.batcher, index, priors, weights)
         self.graph = build_graph(cfg, {name: self.batcher.node(fn) for name, fn in nodes.items()})
 
     def _weighted(self, items: list) -> list[dict]:
@@ -107,10 +111,12 @@ class GraphRunner:
     def run(self, questions: list[Question]) -> list[Prediction]:
         states = asyncio.run(self._all(questions))
         return [Prediction(task_id=q.task_id, letter=s.get("letter"), probabilities=s.get("final") or {},
-                           error=s.get("error"), trace=s["trace"] + [self._cost(s)]) for q, s in zip(questions, states)]
+                           error=s.get("error"), trace=s["trace"] + [self._cost(q, s)]) for q, s in zip(questions, states)]
 
-    def _cost(self, s: dict) -> dict:
+    def _cost(self, q: Question, s: dict) -> dict:
         """LLM prompts and tokens, sandboxed runs and their seconds, and where it ran."""
         runs = [t for t in s["trace"] if t["step"] == "execute" and t["ran"]]
-        return {"step": "cost", "calls": s.get("calls", 0), "tokens": s.get("tokens", 0),
+        extra = self.extra.get(q.task_id, {})
+        return {"step": "cost", "calls": s.get("calls", 0) + extra.get("calls", 0),
+                "tokens": s.get("tokens", 0) + extra.get("tokens", 0),
                 "runs": sum(t["runs"] for t in runs), "run_seconds": round(sum(t["seconds"] for t in runs), 3)} | self.hardware

@@ -1,53 +1,137 @@
-"""Each voter's per-option confusion measured on labelled questions (`vote.labelled`).
+"""What the vote measures before it answers: each voter's confusions or each backbone's
+pool weight on labelled questions (`vote.labelled`), and each backbone's prior over option
+positions (`vote.debias`).
 
 The weighted vote then trusts a voter as far as it proved right on questions with known
-answers, instead of estimating that from the run's own unlabelled answers. Measured once
-per (data, split, voters) and cached under .cache/vote/.
+answers, the pool weighs a backbone by how well its probabilities predicted their labels,
+and debiasing divides out a backbone's pull towards positions. Labelled measurements and
+priors from a file are cached under .cache/vote/ per (data, split, voters).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from graphs.debias import Prior, cyclic, estimate, sample
+from solver.backbone import BackboneError
 from solver.config import SolverConfig
 from solver.data import DataError, load_questions, split_of
 from solver.journal import atomic_write, sha256_file
-from solver.types import top_letter
+from solver.prompts import PromptTooLong, answer_prompt
+from solver.types import Question, top_letter
 
 CACHE = Path(".cache") / "vote"
 
 
-def labelled_confusion(cfg: SolverConfig, backbones: dict) -> dict[str, np.ndarray]:
+def _cache(path: Path, what: str, key: object) -> Path:
+    return CACHE / f"{what}-{hashlib.sha256(f'{sha256_file(path)} {json.dumps(key)}'.encode()).hexdigest()[:16]}.json"
+
+
+def _questions(path: str, split: str | None, what: str) -> list[Question]:
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such file (the questions for {what})")
+    qs = [q for q in load_questions(path, labelled=True).questions if split is None or split_of(q.task_id) == split]
+    if not qs:
+        raise DataError(f"{path}: no labelled questions in split {split} ({what})")
+    return qs
+
+
+def _labelled_votes(cfg: SolverConfig, backbones: dict, priors: dict | None = None) -> tuple[list[Question], list[dict]]:
+    """Every voter's answer to the labelled questions, as the run would give it; nothing else runs."""
     from graphs.build import GraphRunner
-    from graphs.vote import confusion_from_labels
 
     v = cfg.vote
-    path = Path(v.labelled)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (the labelled questions for vote.labelled)")
-    voters = json.dumps([[b.model_dump() for b in cfg.backbones], cfg.answer.orders, v.labelled_split, v.labelled_n])
-    cache = CACHE / f"{hashlib.sha256(f'{sha256_file(path)} {voters}'.encode()).hexdigest()[:16]}.json"
-    if cache.is_file():
-        return {k: np.array(m) for k, m in json.loads(cache.read_text()).items()}
-    qs = [q for q in load_questions(path, labelled=True).questions
-          if v.labelled_split is None or split_of(q.task_id) == v.labelled_split][: v.labelled_n]
-    if not qs:
-        raise DataError(f"{path}: no labelled questions in split {v.labelled_split} (vote.labelled)")
-    # every voter answers; nothing else runs
+    qs = _questions(v.labelled, v.labelled_split, "vote.labelled")[: v.labelled_n]
     plain = cfg.model_copy(update={
         "vote": v.model_copy(update={"rule": "mean"}), "graph": cfg.graph.model_copy(update={"accept": 1.01}),
         "retrieve": cfg.retrieve.model_copy(update={"enabled": False}),
+        "execute": cfg.execute.model_copy(update={"enabled": False}),
         "verify": cfg.verify.model_copy(update={"enabled": False}),
         "reanswer": cfg.reanswer.model_copy(update={"enabled": False})})
-    runner, size = GraphRunner(plain, backbones), cfg.answer.batch_size
+    runner, size = GraphRunner(plain, backbones, priors=priors), cfg.answer.batch_size
     preds = [p for i in range(0, len(qs), size) for p in runner.run(qs[i : i + size])]
-    items = [{voter: q.letters.index(top_letter(probs)) for voter, probs in step["votes"].items()}
-             for q, p in zip(qs, preds) for step in p.trace if step["step"] == "vote"]
+    return qs, [next(t["votes"] for t in p.trace if t["step"] == "vote") for p in preds]
+
+
+def _voters_key(cfg: SolverConfig) -> list:
+    v = cfg.vote
+    return [[b.model_dump() for b in cfg.backbones], cfg.answer.orders, v.labelled_split, v.labelled_n]
+
+
+def labelled_confusion(cfg: SolverConfig, backbones: dict) -> dict[str, np.ndarray]:
+    """Each voter's confusion over top letters on the labelled questions (rule weighted)."""
+    from graphs.vote import confusion_from_labels
+
+    cache = _cache(Path(cfg.vote.labelled), "confusion", _voters_key(cfg))
+    if cache.is_file():
+        return {k: np.array(m) for k, m in json.loads(cache.read_text()).items()}
+    qs, votes = _labelled_votes(cfg, backbones)
+    items = [{voter: q.letters.index(top_letter(probs)) for voter, probs in vs.items()} for q, vs in zip(qs, votes)]
     confusion = confusion_from_labels(items, [q.letters.index(q.answer) for q in qs], [len(q.choices) for q in qs])
     CACHE.mkdir(parents=True, exist_ok=True)
     atomic_write(cache, json.dumps({k: m.tolist() for k, m in confusion.items()}))
     return confusion
+
+
+def labelled_weights(cfg: SolverConfig, backbones: dict, priors: dict | None = None) -> dict[str, float]:
+    """Each backbone's log-linear pool weight, fitted on the labelled questions (rule pool),
+    on its answers as the vote sees them (without the position priors, if any)."""
+    from graphs.vote import fit_pool
+
+    cache = _cache(Path(cfg.vote.labelled), "weights", [*_voters_key(cfg), priors])
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    qs, votes = _labelled_votes(cfg, backbones, priors)
+    weights = fit_pool(votes, [q.letters for q in qs], [q.answer for q in qs])
+    CACHE.mkdir(parents=True, exist_ok=True)
+    atomic_write(cache, json.dumps(weights))
+    return weights
+
+
+def position_priors(cfg: SolverConfig, backbones: dict, questions: list[Question]
+                    ) -> tuple[dict[str, Prior], dict[str, Counter]]:
+    """Each backbone's prior over positions (graphs/debias.py), from a seeded share of
+    `questions` (source run) or of the file's split (source file), each answered in all
+    its cyclic orders; and what that cost each of the run's questions it used."""
+    from graphs.nodes import _view
+
+    d = cfg.vote.debias
+    cache = None
+    if d.source == "file":
+        cache = _cache(Path(d.data or ""), "priors", [[b.model_dump() for b in cfg.backbones], d.model_dump()]) \
+            if d.data and Path(d.data).is_file() else None
+        if cache and cache.is_file():
+            return json.loads(cache.read_text()), {}
+        questions = _questions(d.data or "", d.split, "vote.debias.data")
+    chosen = set(sample([q.task_id for q in questions], d.share, d.at_least, d.seed))
+    qs = [q for q in questions if q.task_id in chosen]
+    priors, extra = {}, {}
+    for label, bb in backbones.items():
+        asked = []
+        for q in qs:
+            try:
+                asked.append((q, [answer_prompt(_view(q, cyclic(len(q.choices), k)), bb.tokenizer, bb.max_model_len)
+                                  for k in range(len(q.choices))]))
+            except PromptTooLong:
+                continue
+        try:
+            replies = iter(bb.choose([p.text for _, ps in asked for p in ps], [q.letters for q, ps in asked for _ in ps]))
+        except BackboneError:
+            continue  # a backbone that cannot answer here is not debiased; the graph reports its failures
+        views = []
+        for q, ps in asked:
+            rs = [next(replies) for _ in ps]
+            if all(rs):
+                views.append([[r[k] for k in q.letters] for r in rs])
+            if d.source == "run":
+                extra.setdefault(q.task_id, Counter()).update(calls=len(ps), tokens=sum(p.tokens for p in ps))
+        priors[label] = estimate(views)
+    if cache:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        atomic_write(cache, json.dumps(priors))
+    return priors, extra

@@ -2,7 +2,8 @@
 
 retrieve: the exact-duplicate shortcut and the nearest solved questions (no LLM).
 execute:  the question's code run in the sandbox: the options the run is consistent with (no LLM).
-answer:   one voter's probabilities: one backbone, one option order (fanned out by Send).
+answer:   one voter's probabilities: one backbone, one option order (fanned out by Send),
+          without the backbone's position prior where `vote.debias` estimated one.
 vote:     the voters' probabilities combined by `vote.rule` (graphs/vote.py).
 verify:   P(TRUE) that the current answer is right, from the logprobs of TRUE/FALSE.
 reanswer: answer again after solved neighbours as worked examples, without the option
@@ -16,6 +17,7 @@ that call, never the run: the trace says which backbone failed and why.
 from __future__ import annotations
 
 from graphs import vote as V
+from graphs.debias import debias
 from graphs.execute import evidence, job_for
 from graphs.routing import current, decide, has_examples, option_order, settled_by_run, verify_update
 from solver.backbone import BackboneError
@@ -35,10 +37,20 @@ def _map_back(r: dict[str, float], order: list[int], letters: list[str]) -> dict
     return probs
 
 
-def make_nodes(cfg, backbones: dict, batcher, index=None) -> dict:
-    """`backbones`: label -> Backbone, in the config's order; the first verifies and re-answers."""
+def make_nodes(cfg, backbones: dict, batcher, index=None, priors: dict | None = None,
+               weights: dict[str, float] | None = None) -> dict:
+    """`backbones`: label -> Backbone, in the config's order; the first verifies and re-answers.
+    `priors`: label -> its position prior (graphs/debias.py); `weights`: the pool's."""
     first = cfg.backbone.label
     orders = cfg.answer.orders
+    priors, weights = priors or {}, weights if weights is not None else cfg.vote.weights
+
+    def unbiased(label: str, r: dict[str, float] | None) -> tuple[dict[str, float] | None, list[float] | None]:
+        """A reply over the view's letters (= positions) without the backbone's position prior."""
+        prior = priors.get(label, {}).get(str(len(r))) if r else None
+        if prior is None:
+            return r, None
+        return dict(zip(r, debias(list(r.values()), prior))), prior
 
     def prompt_for(label, q, order, examples=()):
         bb = backbones[label]
@@ -55,6 +67,7 @@ def make_nodes(cfg, backbones: dict, batcher, index=None) -> dict:
             return {"votes": [vote | {"unread": str(e)}]}
         except BackboneError as e:
             return {"votes": [vote | {"error": str(e)}], "calls": 1, "tokens": prompt.tokens}
+        r, vote["prior"] = unbiased(v["backbone"], r)
         vote["probs"] = _map_back(r, order, q.letters) if r else None
         return {"votes": [vote | {"cut": prompt.cut}], "calls": 1, "tokens": prompt.tokens}
 
@@ -66,10 +79,16 @@ def make_nodes(cfg, backbones: dict, batcher, index=None) -> dict:
             probs = {}
         elif cfg.vote.rule == "weighted":
             (probs,) = await batcher.submit("vote", [(q, votes)])
+        elif cfg.vote.rule == "pool":
+            probs = V.pool(votes, q.letters, weights)
         else:
             probs = V.RULES[cfg.vote.rule](votes, q.letters)
         step = {"step": "vote", "rule": cfg.vote.rule, "votes": votes, "failed": failed, "probabilities": probs,
                 "cut": any(v.get("cut") for v in s["votes"])}
+        if cfg.vote.rule == "pool":
+            step["weights"] = weights
+        if any(v.get("prior") for v in s["votes"]):  # the position priors divided out (debias)
+            step["priors"] = {v["voter"]: v["prior"] for v in s["votes"] if v.get("prior")}
         update = {"probs": probs, "trace": [step]}
         if not votes and len(failed) == len(s["votes"]):
             update["error"] = "every backbone failed: " + "; ".join(failed.values())
@@ -136,7 +155,7 @@ def make_nodes(cfg, backbones: dict, batcher, index=None) -> dict:
                 results = await batcher.submit(first, [(p.text, q.letters[: len(keep)]) for p in prompts])
             except BackboneError as e:
                 results, step["error"] = [], str(e)
-            read = {i: _map_back(r, v, q.letters) for i, (v, r) in enumerate(zip(views, results)) if r}
+            read = {i: _map_back(unbiased(first, r)[0], v, q.letters) for i, (v, r) in enumerate(zip(views, results)) if r}
             probs = V.mean(read, q.letters) if read else None
         update = {"reprobs": probs, "rounds": s.get("rounds", 0) + 1, "calls": calls, "tokens": tokens}
         after = top_letter(current(s | update, cfg)) if probs else before

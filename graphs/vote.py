@@ -1,6 +1,7 @@
 """Combining several voters' answers to one multiple-choice question.
 
-`mean` and `majority` look at one question at a time. `weighted` needs a batch: a voter's
+`mean`, `majority` and `pool` (log-linear, with backbone weights fitted on labelled
+answers by `fit_pool`) look at one question at a time. `weighted` needs a batch: a voter's
 reliability only shows across many questions, so it runs Dawid-Skene EM over the batch
 (or one E-step with confusion matrices estimated on labelled dev data). Pure numpy,
 tested on fixed numbers (tests/test_vote_rules.py).
@@ -152,6 +153,50 @@ def weighted(items_votes: list[Votes], letters_list: list[list[str]],
         p = [float(x) + TIE * m[k] for k, x in zip(letters, p)]
         out.append({k: x / sum(p) for k, x in zip(letters, p)})
     return out, conf
+
+
+def backbone_of(voter: str) -> str:
+    """A voter is "<backbone label>@<option order>"."""
+    return voter.rsplit("@", 1)[0]
+
+
+def pool(votes: Votes, letters: list[str], weights: dict[str, float]) -> dict[str, float]:
+    """Log-linear pool: P(k) proportional to the product over voters of p(k) ** w, with w
+    the voter's backbone weight (missing: 1). Unlike a mean, a voter sure an option is wrong
+    pulls it down hard; unlike majority, it keeps how sure each voter was."""
+    if not votes:
+        return mean(votes, letters)
+    logp = np.array([sum(weights.get(backbone_of(voter), 1.0) * np.log(max(v.get(k, 0.0), TINY))
+                         for voter, v in votes.items()) for k in letters])
+    p = np.exp(logp - logp.max())
+    return {k: float(x) for k, x in zip(letters, p / p.sum())}
+
+
+def fit_pool(items_votes: list[Votes], letters_list: list[list[str]], truth: list[str]) -> dict[str, float]:
+    """The pool's backbone weights that make the labelled answers most likely (maximum
+    likelihood, weights in [0, 10]): a backbone at chance gets ~0, a reliable one more."""
+    from scipy.optimize import minimize
+
+    names = sorted({backbone_of(v) for votes in items_votes for v in votes})
+    rows = []  # per question: (n_voters_of_backbone x options) log-probs summed per backbone, index of truth
+    for votes, letters, t in zip(items_votes, letters_list, truth, strict=True):
+        if votes and t in letters:
+            m = np.zeros((len(names), len(letters)))
+            for voter, v in votes.items():
+                m[names.index(backbone_of(voter))] += [np.log(max(v.get(k, 0.0), TINY)) for k in letters]
+            rows.append((m, letters.index(t)))
+    if not rows:
+        return dict.fromkeys(names, 1.0)
+
+    def nll(w):
+        total = 0.0
+        for m, t in rows:
+            z = w @ m
+            total -= z[t] - (z.max() + np.log(np.exp(z - z.max()).sum()))
+        return total / len(rows)
+
+    res = minimize(nll, np.ones(len(names)), method="L-BFGS-B", bounds=[(0.0, 10.0)] * len(names))
+    return {n: round(float(w), 4) for n, w in zip(names, res.x)}
 
 
 RULES = {"majority": majority, "mean": mean}

@@ -27,7 +27,7 @@ class Solver:
         self.index = index  # the retrieval index; default: the one the config names
         if config.graph.enabled and config.retrieve.enabled and index is None:
             self.index = self._load_index()  # first: a bad index or data fails before the engine starts
-        labelled = config.vote.labelled if config.vote.rule == "weighted" else None
+        labelled = config.vote.labelled if config.vote.rule in ("weighted", "pool") else None
         if labelled and not Path(labelled).is_file():
             raise DataError(f"{labelled}: no such file (the labelled questions for vote.labelled)")
         # label -> Backbone, in the config's order: those given (`backbone` for the first), or made
@@ -36,6 +36,8 @@ class Solver:
         self.stats: Counter = Counter()
         self.failures: dict[str, str] = {}  # backbone label -> its first error
         self._graph = None
+        self.priors: dict | None = None  # label -> position prior (vote.debias), once prepared
+        self._extra: dict = {}  # task_id -> LLM calls and tokens the priors cost it
 
     @property
     def hardware(self) -> dict:
@@ -60,14 +62,28 @@ class Solver:
         if self._graph is None:
             from graphs.build import GraphRunner
 
-            confusion = None
-            if self.config.vote.rule == "weighted" and self.config.vote.labelled:
-                from graphs.calibrate import labelled_confusion
+            from graphs.calibrate import labelled_confusion, labelled_weights
 
+            confusion, weights, v = None, None, self.config.vote
+            if v.rule == "weighted" and v.labelled:
                 confusion = labelled_confusion(self.config, self.backbones)
+            if v.rule == "pool" and v.labelled:
+                weights = labelled_weights(self.config, self.backbones, self.priors) | v.weights  # the config's win
             index = self.index if self.config.retrieve.enabled else None
-            self._graph = GraphRunner(self.config, self.backbones, index, confusion, self.hardware)
+            self._graph = GraphRunner(self.config, self.backbones, index, confusion, self.hardware,
+                                      priors=self.priors, weights=weights, extra=self._extra)
         return self._graph
+
+    def prepare(self, questions: list[Question]) -> None:
+        """What the vote measures on the whole input before answering any of it: each
+        backbone's position prior (vote.debias, source run: from a seeded share of these
+        questions, so a resumed run estimates the same). Without it, the first batch is used."""
+        if self.priors is not None or not self.config.graph.enabled or self.config.vote.debias.source == "none":
+            return
+        from graphs.calibrate import position_priors
+
+        self.priors, self._extra = position_priors(self.config, self.backbones, questions)
+        self._graph = None  # rebuilt with the priors
 
     @classmethod
     def from_config(cls, path: str | Path | None = None) -> "Solver":
@@ -82,6 +98,7 @@ class Solver:
 
     def solve_batch(self, questions: list[Question]) -> list[Prediction]:
         if self.config.graph.enabled:
+            self.prepare(questions)
             preds = self.graph.run(questions)
             self.stats["unread"] += sum(not p.read for p in preds)
             for step in (t for p in preds for t in p.trace if t["step"] == "vote"):

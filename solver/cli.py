@@ -53,8 +53,9 @@ def _solve(config, data: Path, questions, journal_path: Path, quiet: bool):
         err.print(f"resuming: {len(journal.done)} answers in {journal_path}", highlight=False)
     made = []
 
-    def make():
+    def make():  # the vote's position priors come from the whole input, so a resumed run gets the same
         made.append(Solver(config))
+        made[0].prepare(questions)
         return made[0]
 
     try:

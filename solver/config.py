@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from solver.types import UserError
 
@@ -111,14 +111,32 @@ class ReanswerConfig(Strict):
     weight: float = 0.5  # the re-answer's share of the final probabilities
 
 
+class DebiasConfig(Strict):
+    """PriDe (graphs/debias.py): each backbone's prior over option positions, estimated from
+    questions answered in every cyclic order, divided out of every answer of that backbone."""
+
+    # none; run: a seeded share of the run's own questions (no labels needed); file: the
+    # questions of `data` (its `split`), e.g. a labelled file's dev split
+    source: Literal["none", "run", "file"] = "none"
+    share: float = Field(0.05, ge=0, le=1)  # of the questions, answered in every cyclic order ...
+    at_least: int = Field(20, ge=1)  # ... but at least this many
+    seed: int = 0
+    data: str | None = None  # source file: the questions
+    split: str | None = "dev"  # ... only this hash split of them
+
+
 class VoteConfig(Strict):
     """How the answers of every (backbone, option order) voter are combined."""
 
     # mean: average probability; majority: one vote per voter's top letter (the mean
     # breaks ties); weighted: Dawid-Skene, each voter's per-option confusion estimated by
-    # EM over the batch's answers, or from `labelled` when given.
-    rule: Literal["mean", "majority", "weighted"] = "mean"
-    labelled: str | None = None  # weighted: a labelled file to estimate confusions on ...
+    # EM over the batch's answers, or from `labelled` when given; pool: log-linear pool,
+    # P(option) proportional to the product of each backbone's probability to the power of
+    # its weight (`weights`, or fitted on `labelled` by maximum likelihood).
+    rule: Literal["mean", "majority", "weighted", "pool"] = "mean"
+    weights: dict[str, float] = {}  # pool: backbone label -> weight (missing: 1)
+    debias: DebiasConfig = DebiasConfig()
+    labelled: str | None = None  # weighted, pool: a labelled file to estimate confusions or weights on ...
     labelled_split: str | None = "dev"  # ... only this hash split of it
     labelled_n: int = 300  # ... at most this many of its questions
 

@@ -45,6 +45,51 @@ def test_graph_end_to_end(engine_solver, sample_index):
     assert verify and all(0.0 <= t["p_true"] <= 1.0 for t in verify)
 
 
+def test_debiased_pool_vote_on_the_engine(engine_solver):
+    """vote.debias (source run): a seeded share of the batch answered in every cyclic order
+    gives the backbone's position prior, which every answer is divided by, and those
+    questions' cost says so; the pool combines what is left, with the config's weight."""
+    from graphs.debias import debias, sample
+    from graphs.vote import pool
+    from solver.prompts import answer_prompt
+
+    cfg = SolverConfig.model_validate({"backbone": SMALL, "answer": {"orders": 2}, "graph": {"enabled": True},
+                                       "vote": {"rule": "pool", "weights": {"smollm2-135m-instruct": 0.5},
+                                                "debias": {"source": "run", "share": 0.2, "at_least": 3}}})
+    solver = Solver(cfg, backbone=engine_solver.backbone)
+    questions = load_questions(SAMPLE, labelled=True).questions[20:]
+    preds = solver.solve_batch(questions)
+    priors = solver.priors["smollm2-135m-instruct"]
+    assert priors and all(len(p) == int(n) and math.isclose(sum(p), 1, abs_tol=1e-4) for n, p in priors.items())
+    picked = set(sample([q.task_id for q in questions], 0.2, 3))
+    bb = engine_solver.backbone
+    for q, p in zip(questions, preds):
+        calls = next(t for t in p.trace if t["step"] == "cost")["calls"]
+        assert calls == 2 + len(q.choices) * (q.task_id in picked)  # two voters, and the cyclic orders
+        vote = next(t for t in p.trace if t["step"] == "vote")
+        assert vote["weights"] == {"smollm2-135m-instruct": 0.5}
+        assert vote["probabilities"] == pytest.approx(pool(vote["votes"], q.letters, vote["weights"]))
+        prior = priors.get(str(len(q.choices)))
+        assert vote.get("priors", {}).get("smollm2-135m-instruct@0") == prior
+        if prior:  # the given order's answer is the engine's, divided by the prior
+            (raw,) = bb.choose([answer_prompt(q, bb.tokenizer, bb.max_model_len).text], [q.letters])
+            assert list(vote["votes"]["smollm2-135m-instruct@0"].values()) == pytest.approx(debias(list(raw.values()), prior))
+
+
+def test_pool_weights_fitted_on_labelled_questions(engine_solver, tmp_path, monkeypatch):
+    """vote.rule pool with vote.labelled: each backbone's weight is fitted on the labelled
+    questions' answers (maximum likelihood), cached, and shown in the vote step."""
+    monkeypatch.chdir(tmp_path)
+    cfg = SolverConfig.model_validate({"backbone": SMALL, "graph": {"enabled": True},
+                                       "vote": {"rule": "pool", "labelled": str(SAMPLE), "labelled_split": None,
+                                                "labelled_n": 8}})
+    preds = Solver(cfg, backbone=engine_solver.backbone).solve_batch(load_questions(SAMPLE, labelled=True).questions[20:23])
+    weights = [next(t for t in p.trace if t["step"] == "vote")["weights"] for p in preds]
+    assert weights[0] == weights[-1] and set(weights[0]) == {"smollm2-135m-instruct"}
+    assert 0.0 <= weights[0]["smollm2-135m-instruct"] <= 10.0
+    assert len(list((tmp_path / ".cache" / "vote").glob("weights-*.json"))) == 1
+
+
 def test_graph_run_resumes(tmp_path, sample_index):
     """The graph config through the CLI: killed, run again, the same CSV; the index that the
     config names is built on first use from its data and cached."""

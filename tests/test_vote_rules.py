@@ -109,3 +109,56 @@ def test_deterministic():
     assert a.iterations == b.iterations and np.array_equal(a.prior, b.prior)
     batch = [{v: {L4[s]: 1.0} for v, s in said.items()} for said in items[:50]]
     assert V.weighted(batch, [L4] * 50)[0] == V.weighted(batch, [L4] * 50)[0]
+
+
+def test_pool_weighs_backbones_and_keeps_confidence():
+    votes = {"big@0": {"A": 0.7, "B": 0.2, "C": 0.1}, "big@1": {"A": 0.6, "B": 0.3, "C": 0.1},
+             "small@0": {"A": 0.01, "B": 0.9, "C": 0.09}}
+    equal = V.pool(votes, ["A", "B", "C"], {})
+    logs = {k: np.log(votes["big@0"][k]) + np.log(votes["big@1"][k]) + np.log(votes["small@0"][k]) for k in "ABC"}
+    z = sum(np.exp(list(logs.values())))
+    assert equal == pytest.approx({k: np.exp(v) / z for k, v in logs.items()})
+    assert top_letter(equal) == "B"  # the small model's certainty that A is wrong outweighs two mild votes for A
+    assert top_letter(V.pool(votes, ["A", "B", "C"], {"small": 0.0})) == "A"  # a backbone at weight 0 is ignored
+
+
+def test_fit_pool_finds_the_informative_backbone():
+    rng = np.random.default_rng(0)
+    items, letters, truth = [], [], []
+    for _ in range(300):
+        t = int(rng.integers(4))
+        good = np.full(4, 0.1) + 0.6 * np.eye(4)[t] * (rng.random() < 0.8)
+        noise = rng.dirichlet(np.ones(4))
+        items.append({"good@0": dict(zip(L4, good / good.sum())), "noise@0": dict(zip(L4, noise))})
+        letters.append(L4)
+        truth.append(L4[t])
+    w = V.fit_pool(items, letters, truth)
+    assert w["good"] > 1.0 and w["noise"] < 0.2, w
+
+
+def test_pride_prior_recovers_a_position_bias():
+    """A backbone that adds a fixed pull towards position 0 to a content-based answer: every
+    cyclic order shows each option in each position once, so the estimate is the pull."""
+    from graphs.debias import cyclic, debias, estimate, sample
+
+    rng = np.random.default_rng(1)
+    pull = np.array([0.55, 0.15, 0.15, 0.15])
+    per_q = []
+    for _ in range(40):
+        content = rng.dirichlet(np.ones(4))
+        views = []
+        for k in range(4):
+            shown = content[cyclic(4, k)]  # the option at each position
+            p = shown * pull
+            views.append(list(p / p.sum()))
+        per_q.append(views)
+    prior = estimate(per_q)["4"]
+    assert prior == pytest.approx(list(pull), abs=1e-6)
+    biased = (np.array([0.2, 0.3, 0.25, 0.25]) * pull) / (np.array([0.2, 0.3, 0.25, 0.25]) * pull).sum()
+    assert top_letter(dict(zip(L4, biased))) == "A"
+    assert debias(list(biased), prior) == pytest.approx([0.2, 0.3, 0.25, 0.25])
+    assert cyclic(3, 1) == [1, 2, 0]
+    ids = [f"q{i}" for i in range(200)]
+    picked = sample(ids, share=0.05, at_least=3)
+    assert len(picked) == 10 and picked == sample(ids[::-1], share=0.05, at_least=3)  # order does not matter
+    assert len(sample(ids[:20], share=0.05, at_least=3)) == 3 and sample(ids, 0.05, 3, seed=1) != picked
