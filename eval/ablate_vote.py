@@ -7,37 +7,43 @@ Every row runs the config's graph (its exact-duplicate shortcut included) and di
 in who votes and how the votes combine:
   <backbone> single pass            the baseline: one backbone, options as given, no graph
   <backbone> alone, k orders        one backbone answering in k option orders, mean
-  vote <rule>, k orders             every backbone in k orders; rule: mean, majority,
+  vote <rule> [(group)], k orders   every backbone (or the group named) in k orders; rule: mean, majority,
                                     weighted (Dawid-Skene EM over each batch's answers) or
-                                    weighted, train labels (confusions measured on 300
-                                    questions of split train, which neither split holds)
+                                    pool (log-linear, backbone weights fitted on the dev
+                                    answers of the mean row)
+  ..., debiased                     each backbone's position prior (PriDe) estimated
+                                    label-free on 5% of the split's own questions (at least
+                                    10), answered in every cyclic order, and divided out
 The vote row with the best accuracy on split dev is the recommended one; every row is
 reported on split test, which chose nothing. Flips: against the first row. LLM answers
 come from the on-disk cache shared with eval/ablate.py; s/q is timed uncached on the first
 --time-n test questions, best of two interleaved runs (in-process engines answer one after
 the other; served backbones would overlap).
-Writes DIR/vote.md, DIR/vote.json, DIR/vote.png and DIR/recommended.yaml.
+Writes DIR/vote.md, DIR/vote.json, DIR/vote.png, DIR/recommended.yaml and DIR/test_letters.json
+(every row's letter per test question, and the labels: the tables recompute from it).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
 from report import ROOT, backbone_pair, chart, dev_test, markdown, right, row, run
 
 RULES = {"mean": {"rule": "mean"}, "majority": {"rule": "majority"}, "weighted": {"rule": "weighted"},
-         "weighted, train labels": {"rule": "weighted", "labelled_split": "train", "labelled_n": 300}}
+         "pool": {"rule": "pool"}}  # pool: its weights are fitted on dev (the mean row's answers) in main()
+DEBIAS = {"source": "run", "share": 0.05, "at_least": 10}  # PriDe, label-free, on each split's own questions
 
 
-def candidates(cfg, orders: list[int], data: str) -> dict:
+def candidates(cfg, orders: list[int]) -> dict:
     """Row name -> config."""
 
-    def variant(backbones, k, vote):
+    def variant(backbones, k, vote, debiased):
         return cfg.with_backbones(*backbones).model_copy(update={
             "answer": cfg.answer.model_copy(update={"orders": k}),
-            "vote": cfg.vote.model_copy(update={"labelled": data if "labelled_split" in vote else None} | vote)})
+            "vote": cfg.vote.model_validate(cfg.vote.model_dump() | vote | {"debias": DEBIAS if debiased else {}})})
 
     rows = {}
     for b in cfg.backbones:
@@ -45,11 +51,26 @@ def candidates(cfg, orders: list[int], data: str) -> dict:
             "graph": cfg.graph.model_copy(update={"enabled": False}), "answer": cfg.answer.model_copy(update={"orders": 1})})
     for b in cfg.backbones:
         for k in orders:
-            rows[f"{b.label} alone, {k} order{'s' * (k > 1)}"] = variant([b], k, RULES["mean"])
-    for k in orders:
-        for name, vote in RULES.items():
-            rows[f"vote {name}, {k} order{'s' * (k > 1)}"] = variant(cfg.backbones, k, vote)
+            for debiased in (False, True):
+                rows[f"{b.label} alone, {k} order{'s' * (k > 1)}{', debiased' * debiased}"] = variant([b], k, RULES["mean"], debiased)
+    groups = [g for n in range(len(cfg.backbones), 1, -1) for g in itertools.combinations(cfg.backbones, n)]
+    for group in groups:  # every backbone, then each smaller group: does the vote keep the weakest?
+        who = "" if len(group) == len(cfg.backbones) else f" ({' + '.join(b.label for b in group)})"
+        for k in orders:
+            for debiased in (False, True):
+                for name, vote in RULES.items():
+                    rows[f"vote {name}{who}, {k} order{'s' * (k > 1)}{', debiased' * debiased}"] = variant(group, k, vote, debiased)
     return rows
+
+
+def fitted_pool(cfg, mean_preds: dict, dev):
+    """A pool row's config with backbone weights fitted on the dev answers of its mean row
+    (the same voters; a question settled without a vote adds nothing)."""
+    from graphs.vote import fit_pool
+
+    votes = [next((t["votes"] for t in mean_preds[q.task_id].trace if t["step"] == "vote"), {}) for q in dev]
+    weights = fit_pool(votes, [q.letters for q in dev], [q.answer for q in dev])
+    return cfg.model_copy(update={"vote": cfg.vote.model_copy(update={"weights": weights})})
 
 
 def main():
@@ -75,11 +96,14 @@ def main():
     index = cached_index(cfg.retrieve.data, cfg.retrieve.split) if cfg.retrieve.enabled else None
     pairs = {b.label: backbone_pair(b) for b in cfg.backbones}
     raw, cached = {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
-    rows = candidates(cfg, [int(k) for k in args.orders.split(",")], args.data)
+    rows = candidates(cfg, [int(k) for k in args.orders.split(",")])
 
-    dev_acc = {}
+    dev_acc, dev_preds = {}, {}
     for name, c in rows.items():
-        dev_acc[name] = len(right(run(c, cached, index, dev)[0], dev)) / len(dev)
+        if name.startswith("vote pool"):
+            rows[name] = c = fitted_pool(c, dev_preds[name.replace("vote pool", "vote mean", 1)], dev)
+        dev_preds[name] = run(c, cached, index, dev)[0]
+        dev_acc[name] = len(right(dev_preds[name], dev)) / len(dev)
         print(f"dev {dev_acc[name]:.4f} {name}", flush=True)
     best = max((k for k in rows if k.startswith("vote")), key=lambda k: dev_acc[k])
     single = max((k for k in rows if " alone, " in k), key=lambda k: dev_acc[k])
@@ -115,6 +139,8 @@ def main():
     chosen = rows[best]
     (out / "recommended.yaml").write_text(yaml.safe_dump({"answer": {"orders": chosen.answer.orders},
                                                           "vote": chosen.vote.model_dump()}, sort_keys=False))
+    per_q = {name: {q.task_id: p[q.task_id].letter for q in test} for name, p in preds.items()}
+    (out / "test_letters.json").write_text(json.dumps({"labels": {q.task_id: q.answer for q in test}, "rows": per_q}) + "\n")
     chart(table, out / "vote.png", f"voting: accuracy on train.csv split test (n={len(test)})")
 
 
