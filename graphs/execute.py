@@ -226,7 +226,7 @@ def evidence(q: Question, job: Job, results: list) -> Evidence:
         if status not in ("ok", "compile_error") or (status == "compile_error" and job.language == "python"):
             return Evidence("compile", status)
         if job.language == "java" and sandbox.java_class(job.sources[0]) != "Main":
-            status = "compile_error"  # the judges of these programs compile Main.java (below)
+            status = "compile_error"  # their judges compile Main.java (module docstring)
         return Evidence("compile", status, [k for k, c in zip(q.letters, q.choices)
                                             if bool(COMPILE_OPTION.search(c)) == (status == "compile_error")])
     if status == "ok":
