@@ -103,11 +103,10 @@ def position_priors(cfg: SolverConfig, backbones: dict, questions: list[Question
     d = cfg.vote.debias
     cache = None
     if d.source == "file":
-        cache = _cache(Path(d.data or ""), "priors", [[b.model_dump() for b in cfg.backbones], d.model_dump()]) \
-            if d.data and Path(d.data).is_file() else None
-        if cache and cache.is_file():
+        questions = _questions(d.data, d.split, "vote.debias.data")
+        cache = _cache(Path(d.data), "priors", [[b.model_dump() for b in cfg.backbones], d.model_dump()])
+        if cache.is_file():
             return json.loads(cache.read_text()), {}
-        questions = _questions(d.data or "", d.split, "vote.debias.data")
     chosen = set(sample([q.task_id for q in questions], d.share, d.at_least, d.seed))
     qs = [q for q in questions if q.task_id in chosen]
     priors, extra = {}, {}

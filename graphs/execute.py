@@ -171,13 +171,20 @@ def completion_job(text: str, choices: list[str]) -> Job | None:
     return Job("examples", "python", [stub + body + harness for body in bodies])
 
 
-def behaviour_job(text: str, choices: list[str]) -> Job | None:
-    """A program whose behaviour the options name: compiled only (it reads an input we lack)."""
+def program_of(text: str) -> tuple[str | None, str]:
+    """The question's snippet and its language (None: no code we recognise); C and C++
+    flattened onto one line get their preprocessor lines back."""
     code = code_of(text)
     language = language_of(code) if code.strip() else None
+    return language, unflatten_c(code) if language in ("c", "cpp") else code
+
+
+def behaviour_job(text: str, choices: list[str]) -> Job | None:
+    """A program whose behaviour the options name: compiled only (it reads an input we lack)."""
+    language, code = program_of(text)
     if language is None or not any(COMPILE_OPTION.search(c) for c in choices):
         return None
-    return Job("compile", language, [unflatten_c(code) if language in ("c", "cpp") else code])
+    return Job("compile", language, [code])
 
 
 def job_for(q: Question) -> Job | None:
@@ -189,12 +196,9 @@ def job_for(q: Question) -> Job | None:
         return behaviour_job(text, q.choices)
     if not ASKS_OUTPUT.search(text.partition("\n")[0]) or ENV_DEPENDENT.search(text):
         return None
-    code = code_of(text)
-    language = language_of(code) if code.strip() else None
+    language, code = program_of(text)
     if language is None:
         return None
-    if language in ("c", "cpp"):
-        code = unflatten_c(code)
     if language == "python" and ">>>" in code:
         code = repl_to_script(code)
     return Job("output", language, [code])
