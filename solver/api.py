@@ -30,6 +30,9 @@ class Solver:
         labelled = config.vote.labelled if config.vote.rule in ("weighted", "pool") else None
         if labelled and not Path(labelled).is_file():
             raise DataError(f"{labelled}: no such file (the labelled questions for vote.labelled)")
+        debias = config.vote.debias
+        if config.graph.enabled and debias.source == "file" and not Path(debias.data).is_file():
+            raise DataError(f"{debias.data}: no such file (the questions for vote.debias.data)")
         # label -> Backbone, in the config's order: those given (`backbone` for the first), or made
         given = (backbones or {}) | ({config.backbone.label: backbone} if backbone else {})
         self.backbones = {b.label: given.get(b.label) or make_backbone(b) for b in config.backbones}

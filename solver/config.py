@@ -124,6 +124,12 @@ class DebiasConfig(Strict):
     data: str | None = None  # source file: the questions
     split: str | None = "dev"  # ... only this hash split of them
 
+    @model_validator(mode="after")
+    def _file_has_data(self):
+        if self.source == "file" and not self.data:
+            raise ValueError("source: file needs data (the questions to estimate the priors on)")
+        return self
+
 
 class VoteConfig(Strict):
     """How the answers of every (backbone, option order) voter are combined."""

@@ -93,6 +93,13 @@ def test_graph_command_with_bad_config(tmp_path):
     ({"graph": {"enabled": True}, "vote": {"rule": "loudest"}}, "field 'vote.rule'"),
     ({"graph": {"enabled": True}, "vote": {"rule": "weighted", "labelled": "nowhere.csv"}},
      "nowhere.csv: no such file (the labelled questions for vote.labelled)"),
+    ({"graph": {"enabled": True}, "vote": {"rule": "pool", "labelled": "nowhere.csv"}},
+     "nowhere.csv: no such file (the labelled questions for vote.labelled)"),
+    ({"graph": {"enabled": True}, "vote": {"debias": {"source": "file", "data": "nowhere.csv"}}},
+     "nowhere.csv: no such file (the questions for vote.debias.data)"),
+    ({"graph": {"enabled": True}, "vote": {"debias": {"source": "file"}}}, "source: file needs data"),
+    ({"graph": {"enabled": True}, "vote": {"debias": {"source": "run", "share": 2}}}, "field 'vote.debias.share'"),
+    ({"graph": {"enabled": True}, "vote": {"rule": "pool", "weights": {"x": "heavy"}}}, "field 'vote.weights.x'"),
     ({"backbone": {"kind": "server", "served_name": "ghost"}}, "backbone 'ghost': kind 'server' without base_url"),
 ])
 def test_bad_vote_configs(tmp_path, config, message):

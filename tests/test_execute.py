@@ -99,6 +99,35 @@ def test_a_clean_compile_rules_out_compile_error(q, tmp_path):
     assert e.ruled_out(q.letters) == ["B"] and e.consistent == ["A", "C", "D"]
 
 
+def test_hostile_code_in_a_compile_check_or_an_option_body_escapes_nothing(tmp_path, monkeypatch):
+    """The two newer ways a question's code runs: a compile check that tries to read a host
+    file into the program (#include), and option bodies run against examples that write
+    outside and read the environment. Inside the sandbox neither sees the host."""
+    if sandbox.available() is None:
+        pytest.skip("no sandbox (bwrap) here")
+    secret, marker = tmp_path / "secret.h", tmp_path / "escaped.txt"
+    secret.write_text("int leaked = 424242;\n")
+    monkeypatch.setenv("CODEMCQ_SECRET", "s3cr3t-token")
+    reads = Question(task_id="reads", question="Question: Given a code snippet below, which behavior most likely to occur "
+                     f"when execute it?\n#include <stdio.h>\n#include \"{secret}\"\nint main() {{ printf(\"%d\", leaked); }}\n",
+                     choices=BEHAVIOURS)
+    writes = CALLED.model_copy(update={"choices": [
+        f"    open({str(marker)!r}, 'w').write('x')\n    return 14",
+        "    import os\n    return os.environ.get('CODEMCQ_SECRET', 14)",
+        "    return max(x, y)"]})
+    for q in (reads, writes):
+        job = job_for(q)
+        if not sandbox.runtimes()[job.language]:
+            continue
+        rs = [sandbox.run(job.language, s, check_only=job.kind == "compile", cache_dir=tmp_path / "cache") for s in job.sources]
+        said = "".join(r.stdout + r.stderr for r in rs)
+        assert "424242" not in said and "s3cr3t-token" not in said and not marker.exists()
+        if q is reads:
+            assert job.kind == "compile" and rs[0].status == "compile_error"  # the host file is not there
+        else:
+            assert evidence(q, job, rs).consistent == []  # the write failed and no secret came back: nothing passes
+
+
 def test_graph_settles_runnable_questions_without_the_llm(engine_solver, tmp_path, monkeypatch):
     """The execute step in the compiled graph: a settled question costs no LLM call; the
     others are answered as before; a hostile snippet, run through the graph, escapes nothing."""
