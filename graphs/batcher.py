@@ -10,6 +10,12 @@ then overlap.
 
 A question between two nodes runs no node and so is not blocked: its next node may yet
 ask, and the batcher waits for it.
+
+What shares a call is a function of the questions alone, never of timing: a flush waits
+until every question in flight is blocked, so each call holds every question's next
+requests of its kind, and they go in the order of the questions (not of their arrival,
+which a sandbox run in a thread or a served backbone's reply can change). In bf16 a
+prompt's numbers depend on its call-mates; this is what makes a rerun write the same letters.
 """
 
 from __future__ import annotations
@@ -34,9 +40,10 @@ class StepBatcher:
         self._flushing = False
 
     @contextmanager
-    def question(self):
-        """Marks the current task (and the node tasks it starts) as one question in flight."""
-        qid = next(self._ids)
+    def question(self, position: int | None = None):
+        """Marks the current task (and the node tasks it starts) as one question in flight;
+        `position` (default: order of entry) orders its requests within a call."""
+        qid = next(self._ids) if position is None else position
         self.flight[qid] = [0, 0]
         token = _QUESTION.set(qid)
         try:
@@ -63,8 +70,9 @@ class StepBatcher:
     async def submit(self, kind: str, items: list) -> list:
         """One node's requests; returns their results in order."""
         fut = asyncio.get_running_loop().create_future()
-        self.queues[kind].append((items, fut, self.flight[_QUESTION.get()]))
-        self.flight[_QUESTION.get()][1] += 1
+        qid = _QUESTION.get()
+        self.queues[kind].append((qid, items, fut, self.flight[qid]))
+        self.flight[qid][1] += 1
         self._maybe_flush()
         return await fut
 
@@ -78,16 +86,16 @@ class StepBatcher:
 
     async def _call(self, kind: str, queue: list) -> None:
         try:
-            results = self.handlers[kind]([x for items, _, _ in queue for x in items])
+            results = self.handlers[kind]([x for _, items, _, _ in queue for x in items])
             if inspect.isawaitable(results):
                 results = await results
             self.calls[kind] += 1
         except Exception as e:  # every question waiting on this call gets the error
-            for _, fut, _ in queue:
+            for _, _, fut, _ in queue:
                 fut.set_exception(e)
             return
         i = 0
-        for items, fut, _ in queue:
+        for _, items, fut, _ in queue:
             fut.set_result(results[i : i + len(items)])
             i += len(items)
 
@@ -99,7 +107,8 @@ class StepBatcher:
             queues = {kind: queue for kind, queue in self.queues.items() if queue}
             for kind, queue in queues.items():
                 self.queues[kind] = []
-                for _, _, counts in queue:
+                queue.sort(key=lambda entry: entry[0])  # by question; stable within one
+                for *_, counts in queue:
                     counts[1] -= 1
             await asyncio.gather(*(self._call(kind, queue) for kind, queue in queues.items()))
         finally:

@@ -101,12 +101,12 @@ class GraphRunner:
         probs, _ = weighted([v for _, v in items], [q.letters for q, _ in items], self.confusion)
         return probs
 
-    async def _one(self, q: Question) -> dict:
-        with self.batcher.question():
+    async def _one(self, position: int, q: Question) -> dict:
+        with self.batcher.question(position):
             return await self.graph.ainvoke({"question": q, "rounds": 0})
 
     async def _all(self, questions):
-        return await asyncio.gather(*(self._one(q) for q in questions))
+        return await asyncio.gather(*(self._one(i, q) for i, q in enumerate(questions)))
 
     def run(self, questions: list[Question]) -> list[Prediction]:
         states = asyncio.run(self._all(questions))

@@ -220,11 +220,14 @@ def evidence(q: Question, job: Job, results: list) -> Evidence:
     """The options the runs are consistent with: examples, the bodies that pass them all;
     output, the options whose text reads as the output, or, for a run that failed, the
     options that name an error; compile, the options that name a compile error if it
-    failed to compile, else the others."""
-    if job.kind == "examples":
+    failed to compile, else the others. A run or compile that timed out says nothing: how
+    long a program takes depends on the machine and its load, so it must not decide."""
+    if job.kind == "examples":  # a body that timed out is not ruled out: a timeout is never evidence
         statuses = {r.status for r in results}
-        status = "ok" if statuses & {"ok", "runtime_error"} else statuses.pop()  # unavailable, timeout...
-        return Evidence("examples", status, [k for k, r in zip(q.letters, results) if passes(r)] if status == "ok" else [])
+        status = "ok" if statuses & {"ok", "runtime_error"} else min(statuses)  # unavailable, timeout...
+        if status != "ok" or not any(passes(r) for r in results):
+            return Evidence("examples", status)
+        return Evidence("examples", status, [k for k, r in zip(q.letters, results) if passes(r) or r.status == "timeout"])
     status, stdout = results[0].status, results[0].stdout
     if job.kind == "compile":  # Python that does not parse may be Python 2: no evidence
         if status not in ("ok", "compile_error") or (status == "compile_error" and job.language == "python"):

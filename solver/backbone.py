@@ -19,7 +19,7 @@ from pathlib import Path
 from unittest.mock import patch  # patch.dict: environment variables set for one engine start
 
 from solver.config import BackboneConfig
-from solver.hardware import cpu_engine_env, cpu_has_bf16, cuda_capability, pick_dtype
+from solver.hardware import available_gb, cpu_engine_env, cpu_has_bf16, cuda_capability, kv_cache_gb, pick_dtype
 from solver.models import ModelError, resolve_model
 
 MAX_LOGPROBS = 32  # at least 26 letters; what the engine is started to allow
@@ -66,6 +66,21 @@ def engine_dtype(cfg: BackboneConfig) -> str:
     return dtype
 
 
+def engine_limits(cfg: BackboneConfig) -> dict:
+    """What decides how an engine schedules a call, for the in-process engine and the
+    server alike, fixed by the config (vLLM's defaults differ between the two, and its CPU
+    KV cache was sized from free memory): in bf16 the steps a prompt is computed in, and
+    with which other prompts, change its numbers. A prompt is never split over steps."""
+    if cuda_capability() is None and kv_cache_gb(cfg.kv_cache_gb) > available_gb():
+        from solver.console import warn
+
+        warn(f"backbone '{cfg.label}': KV cache of {kv_cache_gb(cfg.kv_cache_gb)} GiB, but only "
+             f"{available_gb():.1f} GiB of memory is free; set kv_cache_gb lower")
+    return dict(max_num_seqs=1 if cfg.batch_invariant else cfg.max_num_seqs,
+                max_num_batched_tokens=max(cfg.max_model_len, 4096),
+                enable_prefix_caching=not cfg.batch_invariant)
+
+
 def lora_rank(adapter: str) -> int:
     """The rank vLLM must be started for: the adapter's, rounded up to one vLLM supports."""
     config = Path(adapter) / "adapter_config.json"
@@ -107,7 +122,14 @@ class Backbone(ABC):
 
 
 class EngineBackbone(Backbone):
-    """The in-process vLLM engine: one `generate` call per batch."""
+    """The in-process vLLM engine: one `generate` call per batch.
+
+    A call's answers depend on its prompts alone, never on their order or on earlier calls:
+    the prompts go in sorted (which also puts those that share a prefix side by side), and
+    the prefix cache starts empty (a prompt whose start another call computed gets other
+    bf16 numbers than one computed whole). With the batcher's calls a pure function of the
+    run's batch (graphs/batcher.py), a run, a rerun and a resumed run write the same letters.
+    """
 
     def __init__(self, cfg: BackboneConfig):
         super().__init__(cfg)
@@ -129,10 +151,9 @@ class EngineBackbone(Backbone):
             max_model_len=cfg.max_model_len,
             enforce_eager=cfg.enforce_eager,
             max_logprobs=MAX_LOGPROBS,
-            max_num_seqs=cfg.max_num_seqs,
             seed=cfg.seed,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
-        )
+        ) | engine_limits(cfg)
         # vLLM reads these while the engine starts; the next engine gets its own
         with patch.dict(os.environ, {} if cuda_capability() else cpu_engine_env(cfg.kv_cache_gb)):
             self.llm = LLM(**(args | cfg.engine_args))
@@ -145,21 +166,24 @@ class EngineBackbone(Backbone):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
+        order = sorted(range(len(prompts)), key=lambda i: (prompts[i], options[i]))
         params = [
             SamplingParams(
                 max_tokens=1,
                 temperature=0.0,
                 logprobs=MAX_LOGPROBS,
-                structured_outputs=StructuredOutputsParams(choice=opts),
+                structured_outputs=StructuredOutputsParams(choice=options[i]),
             )
-            for opts in options
+            for i in order
         ]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora_request)
-        result = []
-        for out, opts in zip(outputs, options):
+        if not self.cfg.batch_invariant:
+            self.llm.reset_prefix_cache()
+        outputs = self.llm.generate([prompts[i] for i in order], params, use_tqdm=False, lora_request=self.lora_request)
+        result: list = [None] * len(prompts)
+        for i, out in zip(order, outputs):
             lp = out.outputs[0].logprobs
             top = {t: v.logprob for t, v in lp[0].items()} if lp else {}
-            result.append(option_probabilities(top, opts, self.decode))
+            result[i] = option_probabilities(top, options[i], self.decode)
         return result
 
     def close(self):

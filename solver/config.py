@@ -36,9 +36,15 @@ class BackboneConfig(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_model_len: int = 4096
     enforce_eager: bool = True  # CUDA graphs/compile cost ~50 s per start on CPU
-    kv_cache_gb: float | None = None  # CPU only: KV-cache GiB; None: a quarter of free memory, 1-8
+    kv_cache_gb: float | None = None  # CPU only: KV-cache GiB; None: 4 (fixed: never from free memory)
     gpu_memory_utilization: float = 0.85
-    max_num_seqs: int = 128
+    max_num_seqs: int = 128  # prompts the engine computes in one step
+    # One prompt per engine step and no prefix cache: a prompt's probabilities are then the
+    # same alone, in any batch and through a server that batches requests as they arrive,
+    # in any dtype; costs throughput (README, "Same answers every run"). Off: the same input
+    # and config still give the same answers, but in bf16 a prompt's numbers depend on the
+    # prompts that share its call.
+    batch_invariant: bool = False
     concurrency: int = 32  # server: requests in flight at once
     timeout_s: float = 300.0  # server: per request
     seed: int = 0

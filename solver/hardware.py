@@ -77,13 +77,15 @@ def available_gb() -> float:
     return psutil.virtual_memory().available / 2**30
 
 
+KV_CACHE_GB = 4  # the CPU engine's KV-cache space unless the config sets one
+
+
 def kv_cache_gb(requested: float | None) -> int:
-    """The CPU engine's KV-cache space in whole GiB (what vLLM reads): `requested`, or a
-    quarter of the free memory, at least 1 and at most 8 (enough for 128 sequences of a
-    1.5B model's 4k context)."""
-    if requested is not None:
-        return max(1, round(requested))
-    return int(min(8, max(1, available_gb() // 4)))
+    """The CPU engine's KV-cache space in whole GiB (what vLLM reads): `requested`, or 4.
+    Fixed by the config, never sized from the memory free at start: the space decides how
+    the engine schedules a long call (which prompts wait, which are preempted), and so, in
+    bf16, its numbers."""
+    return max(1, round(KV_CACHE_GB if requested is None else requested))
 
 
 def cpu_engine_env(kv_gb: float | None) -> dict[str, str]:

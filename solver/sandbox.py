@@ -241,8 +241,11 @@ def run(language: str, source: str, *, stdin: str = "", timeout_s: float = 5, me
         cache_dir: Path | None = CACHE_DIR) -> Result:
     """Compile (if needed) and run `source`; the Result says how it ended.
 
-    Cached on disk by (mechanism, language, source, stdin, limits); timeouts and
-    "unavailable" are not cached (they depend on load and on the machine).
+    Cached on disk by (mechanism, language, source, stdin, limits), whatever the outcome,
+    timeouts included: a program near its time limit may end either way, and the first
+    outcome is the one every later run on this machine sees (a timeout is never evidence:
+    graphs/execute.py). A compiler that times out or is killed gives that status, never
+    compile_error. "unavailable" is not cached (it is the machine's, not the program's).
     `unsafe=True` runs without a sandbox (rlimits only) where bwrap is missing.
     """
     if language not in TOOLS:
@@ -274,10 +277,11 @@ def run(language: str, source: str, *, stdin: str = "", timeout_s: float = 5, me
         elif c.status == "ok":
             r = _exec(box(run_argv, False), work, stdin, timeout_s, memory_mb, use_data, max_output)
             r.seconds = round(r.seconds + c.seconds, 3)
+        elif c.status in ("timeout", "killed"):  # the compiler ran out of its budget: no verdict on the code
+            r = c.model_copy(update={"stderr": c.stderr + f"\n[compiler {c.status}]"})
         else:
-            note = "\n[compilation timed out]" if c.status == "timeout" else ""
-            r = Result(**{**c.model_dump(), "status": "compile_error", "stderr": c.stderr + note})
-    if path and "timeout" not in (r.status, c.status):
+            r = c.model_copy(update={"status": "compile_error"})
+    if path:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, r.model_dump_json())
     return r

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from solver.backbone import MAX_LOGPROBS, engine_dtype, lora_rank
+from solver.backbone import MAX_LOGPROBS, engine_dtype, engine_limits, lora_rank
 from solver.config import BackboneConfig
 from solver.hardware import cpu_engine_env, cuda_capability
 from solver.journal import atomic_write
@@ -35,7 +35,6 @@ def server_command(cfg: BackboneConfig, port: int, host: str = "127.0.0.1") -> l
         "--dtype", engine_dtype(cfg),
         "--max-model-len", str(cfg.max_model_len),
         "--max-logprobs", str(MAX_LOGPROBS),
-        "--max-num-seqs", str(cfg.max_num_seqs),
         "--seed", str(cfg.seed),
         "--gpu-memory-utilization", str(cfg.gpu_memory_utilization),
     ]
@@ -46,6 +45,9 @@ def server_command(cfg: BackboneConfig, port: int, host: str = "127.0.0.1") -> l
                 "--lora-modules", f"{name}={Path(cfg.lora).resolve()}"]
     if cfg.enforce_eager:
         cmd.append("--enforce-eager")
+    limits = engine_limits(cfg)
+    cmd += ["--max-num-seqs", str(limits["max_num_seqs"]), "--max-num-batched-tokens", str(limits["max_num_batched_tokens"]),
+            "--enable-prefix-caching" if limits["enable_prefix_caching"] else "--no-enable-prefix-caching"]
     for key, value in cfg.engine_args.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]
     return cmd

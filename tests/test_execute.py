@@ -36,7 +36,7 @@ CALLED = Question(task_id="calls", question="Question: Which solution below is t
 IO = Question(task_id="io", question="Question: Which solution below is the most likely completion the following\n"
               "code snippet to achieve the desired goal?\n\ndef count_up(n, step):\n    \"\"\"\n    Example 1:\n\n"
               "        Input: n = 7, step = 3\n        Output: [0, 3, 6]\n    \"\"\"\n",
-              choices=["    return list(range(0, n, step))", "    return list(range(n))[::step][1:]", "    while True: pass"])
+              choices=["    return list(range(0, n, step))", "    return list(range(n))[::step][1:]", "    return [n, step]"])
 JUDGED = ("Question: Given a code snippet below, which behavior most likely to occur when execute it?\n"
           "import java.util.*;\npublic class {name} {{\n  public static void main(String[] a) {{\n"
           "    Scanner sc = new Scanner(System.in);\n    int n = sc.nextInt();\n    System.out.println({expr});\n  }}\n}}\n")
@@ -154,3 +154,25 @@ def test_graph_settles_runnable_questions_without_the_llm(engine_solver, tmp_pat
     evil = next(t for t in preds[3].trace if t["step"] == "execute")
     assert evil["status"] == "runtime_error" and not marker.exists()  # the write failed: nothing outside
     assert preds[3].letter != "A"  # the secret never reached the run, so it settled nothing towards it
+
+
+def test_a_timeout_is_never_evidence():
+    """How long a program takes depends on the machine and its load: a run, a body or a
+    compile that timed out rules nothing out and settles nothing."""
+    ok = sandbox.Result(status="ok", stdout="EXAMPLES 0 2\n")
+    fails, slow = sandbox.Result(status="ok", stdout="EXAMPLES 1 2\n"), sandbox.Result(status="timeout")
+    assert evidence(CALLED, job_for(CALLED), [fails, ok, slow]).consistent == ["B", "C"]  # C may yet pass
+    assert evidence(CALLED, job_for(CALLED), [fails, slow, slow]).consistent == []  # nothing passed: no evidence
+    assert evidence(CALLED, job_for(CALLED), [fails, ok, fails]).settled == "B"
+    for q in (C, BROKEN, COMPILES, NOT_MAIN):
+        assert evidence(q, job_for(q), [slow]).consistent == []
+
+
+def test_a_compiler_out_of_time_is_no_compile_error(tmp_path, monkeypatch):
+    if sandbox.available() is None or not sandbox.runtimes()["c"]:
+        pytest.skip("no sandbox (bwrap) or no gcc here")
+    monkeypatch.setattr(sandbox, "COMPILE_S", 0.001)  # no compiler starts in a millisecond
+    src = job_for(C).sources[0]
+    r = sandbox.run("c", src, check_only=True, cache_dir=tmp_path)
+    assert r.status == "timeout" and evidence(COMPILES, job_for(COMPILES), [r]).consistent == []
+    assert sandbox.run("c", src, check_only=True, cache_dir=tmp_path).cached  # the first outcome stands

@@ -147,6 +147,25 @@ def test_batcher_makes_one_call_per_step():
     assert out[3] == ([[30], [1030]], [310])
 
 
+def test_a_call_holds_its_requests_in_question_order():
+    """Requests that arrive in another order (a sandbox run in a thread, a server's reply)
+    go into the call in the order of the questions: in bf16 the order changes the numbers."""
+    seen = []
+    b = StepBatcher({"llm": lambda items: seen.append(list(items)) or items})
+
+    async def one(i):
+        with b.question(i):
+            for _ in range(10 - i):  # the last question asks first
+                await asyncio.sleep(0)
+            return await b.node(lambda s: b.submit("llm", [i, -i]))(None)
+
+    async def main():
+        return await asyncio.gather(*(one(i) for i in range(10)))
+
+    assert asyncio.run(main()) == [[i, -i] for i in range(10)]
+    assert seen == [[x for i in range(10) for x in (i, -i)]]
+
+
 def test_graph_shape_follows_config():
     assert enabled_nodes(cfg()) == ["retrieve", "answer", "vote", "verify", "reanswer", "decide"]
     drawn = mermaid(cfg(verify={"enabled": False}))
