@@ -124,10 +124,14 @@ class Backbone(ABC):
 class EngineBackbone(Backbone):
     """The in-process vLLM engine: one `generate` call per batch.
 
-    A call's answers depend on its prompts alone, never on their order or on earlier calls:
-    the prompts go in sorted (which also puts those that share a prefix side by side), and
-    the prefix cache starts empty (a prompt whose start another call computed gets other
-    bf16 numbers than one computed whole). With the batcher's calls a pure function of the
+    A call's answers depend on its prompts alone, never on their order, on earlier calls or
+    on timing: the prompts go in sorted (which also puts those that share a prefix side by
+    side); the prefix cache starts empty (a prompt whose start another call computed gets
+    other bf16 numbers than one computed whole); and the reply is read from the logprobs of
+    the tokens that start an option (`logprob_token_ids`), not through a structured-output
+    grammar, whose compilation runs in a thread and so decides by timing which prompts the
+    engine's first step holds. The probabilities are those a choice grammar gives (the mass
+    of the tokens it allows, renormalised). With the batcher's calls a pure function of the
     run's batch (graphs/batcher.py), a run, a rerun and a resumed run write the same letters.
     """
 
@@ -157,32 +161,41 @@ class EngineBackbone(Backbone):
         # vLLM reads these while the engine starts; the next engine gets its own
         with patch.dict(os.environ, {} if cuda_capability() else cpu_engine_env(cfg.kv_cache_gb)):
             self.llm = LLM(**(args | cfg.engine_args))
+        self._starts: dict[tuple[str, ...], list[int]] = {}
 
     @cached_property
     def tokenizer(self):
         return self.llm.get_tokenizer()
 
+    @cached_property
+    def _ids_by_text(self) -> dict[str, list[int]]:
+        by_text: dict[str, list[int]] = {}
+        for i in range(len(self.tokenizer)):
+            by_text.setdefault(self.decode(i), []).append(i)
+        return by_text
+
+    def option_tokens(self, options: list[str]) -> list[int]:
+        """The tokens a reply may start with: those whose text begins an option (what a
+        choice grammar allows), e.g. "A" for option A, "T", "TR", "TRUE" for TRUE."""
+        key = tuple(options)
+        if key not in self._starts:
+            prefixes = {o[:n] for o in options for n in range(1, len(o) + 1)}
+            self._starts[key] = sorted(i for p in prefixes for i in self._ids_by_text.get(p, []))
+        return self._starts[key]
+
     def choose(self, prompts, options):
         from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
 
         order = sorted(range(len(prompts)), key=lambda i: (prompts[i], options[i]))
-        params = [
-            SamplingParams(
-                max_tokens=1,
-                temperature=0.0,
-                logprobs=MAX_LOGPROBS,
-                structured_outputs=StructuredOutputsParams(choice=options[i]),
-            )
-            for i in order
-        ]
+        params = [SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=self.option_tokens(options[i]))
+                  for i in order]
         if not self.cfg.batch_invariant:
             self.llm.reset_prefix_cache()
         outputs = self.llm.generate([prompts[i] for i in order], params, use_tqdm=False, lora_request=self.lora_request)
         result: list = [None] * len(prompts)
         for i, out in zip(order, outputs):
-            lp = out.outputs[0].logprobs
-            top = {t: v.logprob for t, v in lp[0].items()} if lp else {}
+            lp, wanted = out.outputs[0].logprobs, set(self.option_tokens(options[i]))
+            top = {t: v.logprob for t, v in lp[0].items() if t in wanted} if lp else {}  # not the sampled token
             result[i] = option_probabilities(top, options[i], self.decode)
         return result
 

@@ -14,6 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "solver" / "samples" / "questions.jsonl"
 SHARED = ROOT.parent / "shared" / "codemmlu-b6"
 SMALL = dict(max_model_len=2048, kv_cache_gb=1)
+# How far two computations of one probability may differ when they are not the same
+# computation (a prompt in a batch against the same prompt alone; the engine against a
+# server that batches its own way): a logit of magnitude ~20 rounded to a dtype's
+# significand moves by 20 * 2^-bits per rounding, a probability by at most half that.
+# bf16 keeps 8 bits (0.08 a rounding; measured up to 0.062), float16 11, float32 24.
+PROB_TOL = {"bfloat16": 0.1, "float16": 0.02, "float32": 1e-3}
 
 
 @pytest.fixture(scope="session")
@@ -44,12 +50,13 @@ def engine_solver():
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    """A real vLLM server on 127.0.0.1 serving the embedded model; yields its base_url."""
+    """A real vLLM server on 127.0.0.1 serving the embedded model, batch-invariant (one
+    prompt per step, no prefix cache); yields its base_url."""
     from solver.config import BackboneConfig
     from solver.server import start_server, stop_server
 
     log = (tmp_path_factory.mktemp("server") / "vllm.log").open("w")
-    proc, url = start_server(BackboneConfig(**SMALL), log=log)
+    proc, url = start_server(BackboneConfig(**SMALL, batch_invariant=True), log=log)
     yield url
     stop_server(proc)
     log.close()

@@ -1,6 +1,8 @@
 """The HTTP backbone against a real vLLM server on 127.0.0.1."""
 
+import json
 import math
+import subprocess
 
 import pytest
 
@@ -9,20 +11,34 @@ from solver.backbone import BackboneError, ServerBackbone
 from solver.config import BackboneConfig, SolverConfig
 from solver.data import load_questions
 from solver.server import free_port
-from tests.conftest import SAMPLE, SMALL
+from tests.conftest import PROB_TOL, SAMPLE, SMALL
+from tests.test_resume import _cmd
 
 
-def test_server_answers_like_the_engine(server, engine_solver, monkeypatch):
+def test_server_answers_like_the_engine(server, engine_solver, monkeypatch, tmp_path):
+    """batch_invariant: the server answers each prompt as it answers it alone, and as an
+    in-process engine with batch_invariant does (`solver run` in its own process): the same
+    logits, whatever it batches with (the server takes a log-softmax over a choice grammar's
+    tokens, the engine over the vocabulary, renormalised over the same tokens: equal to
+    float32 rounding, 1e-7). An engine that batches is within its dtype's rounding of both."""
     monkeypatch.setenv("MY_KEY", "not-a-secret")  # the key is read from the named variable
-    cfg = SolverConfig.model_validate({"backbone": SMALL | {"kind": "server", "base_url": server, "api_key_env": "MY_KEY"}})
+    cfg = SolverConfig.model_validate({"backbone": SMALL | {"kind": "server", "base_url": server, "api_key_env": "MY_KEY",
+                                                            "batch_invariant": True}})
     solver = Solver(cfg)
     assert solver.backbone.api_key == "not-a-secret"
     qs = load_questions(SAMPLE).questions
-    served, local = solver.solve_batch(qs), engine_solver.solve_batch(qs)
-    for s, e, q in zip(served, local, qs):
+    served, local = solver.solve_batch(qs), engine_solver.solve_batch(qs)  # the server's batch: 30 requests at once
+    alone = [solver.solve_batch([q])[0] for q in qs[:4]]
+    config, trace = tmp_path / "invariant.yaml", tmp_path / "trace.jsonl"
+    config.write_text(json.dumps({"backbone": SMALL | {"batch_invariant": True}}))
+    subprocess.run(_cmd(SAMPLE, tmp_path / "out.csv", config) + ["--trace", str(trace)], check=True, capture_output=True)
+    engine = [json.loads(line)["trace"][0]["probabilities"] for line in trace.read_text().splitlines()]
+    tol = PROB_TOL[engine_solver.backbone.dtype]
+    for s, e, local_e, q in zip(served, engine, local, qs):
         assert s.letter in q.letters and math.isclose(sum(s.probabilities.values()), 1.0, abs_tol=1e-6)
-        for letter in q.letters:  # same model, same prompts: the same distribution
-            assert abs(s.probabilities[letter] - e.probabilities[letter]) < 0.05, q.task_id
+        assert s.probabilities == pytest.approx(e, abs=1e-6), q.task_id  # the same logits
+        assert max(abs(s.probabilities[k] - local_e.probabilities[k]) for k in q.letters) <= tol, q.task_id
+    assert [a.probabilities for a in alone] == [s.probabilities for s in served[:4]]
 
 
 def test_unreachable_server_is_named():
