@@ -40,7 +40,7 @@ from solver.journal import atomic_write
 PATH = "/usr/bin:/bin"  # the only tools a run sees; /usr/local lives under /usr
 ENV = {"PATH": PATH, "HOME": "/tmp", "LANG": "C.UTF-8"}
 NOBODY = 65534
-VERSION = 1  # part of every cache key: bump when the commands or limits change
+VERSION = 2  # part of every cache key: bump when the commands, limits or outcomes change
 TMP_MB, FSIZE_MB, NOFILE, NPROC = 64, 16, 64, 64
 COMPILE_S, COMPILE_MB = 30.0, 1024  # the compiler's own budget, not the program's
 CACHE_DIR = Path(os.environ.get("CODEMCQ_EXEC_CACHE", Path(".cache") / "exec"))
