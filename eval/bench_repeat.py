@@ -45,7 +45,7 @@ def run(code: Path, data: str, out: Path, cfg: Path, limit: int, env: dict | Non
     """(exit status, q/s) of one `solver run`; a finished run leaves `out`."""
     proc = subprocess.run(solver_cmd(code, "run", "-i", data, "-o", str(out), "-c", str(cfg), "--limit", str(limit), "-q"),
                           cwd=ROOT, env=os.environ | (env or {}), capture_output=True, text=True)
-    m = re.search(r"new at ([\d.]+) q/s", proc.stdout)
+    m = re.search(r"new\s+at\s+([\d.]+)\s+q/s", proc.stdout)  # rich wraps long lines
     if proc.returncode not in (0, -signal.SIGKILL):
         sys.exit(f"{out.name}: solver run failed ({proc.returncode}): {proc.stderr.strip()[-1500:]}")
     return proc.returncode, float(m[1]) if m else None

@@ -17,9 +17,10 @@ SMALL = dict(max_model_len=2048, kv_cache_gb=1)
 # How far two computations of one probability may differ when they are not the same
 # computation (a prompt in a batch against the same prompt alone; the engine against a
 # server that batches its own way): a logit of magnitude ~20 rounded to a dtype's
-# significand moves by 20 * 2^-bits per rounding, a probability by at most half that.
-# bf16 keeps 8 bits (0.08 a rounding; measured up to 0.062), float16 11, float32 24.
-PROB_TOL = {"bfloat16": 0.1, "float16": 0.02, "float32": 1e-3}
+# significand moves by 20 * 2^-bits per rounding; allowed: two roundings. bf16 keeps 8
+# bits (0.08 a rounding; SmolLM2-135M measured up to 0.077 on 64 prompts), float16 11,
+# float32 24 (allowed far more than two roundings: 1e-3).
+PROB_TOL = {"bfloat16": 0.15, "float16": 0.02, "float32": 1e-3}
 
 
 @pytest.fixture(scope="session")
