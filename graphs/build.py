@@ -58,9 +58,11 @@ def mermaid(cfg: SolverConfig) -> str:
 
 def sandbox_warnings(cfg) -> None:
     """What a user of `execute` must know before the run: no sandbox (nothing runs), no
-    sandbox on purpose (unsafe), languages this machine cannot run."""
+    sandbox on purpose (unsafe), languages this machine cannot run, runs that may not fit
+    in the memory left beside the engine, runs capped per process only (no cgroup)."""
     from solver import sandbox
     from solver.console import warn
+    from solver.hardware import available_gb
 
     if cfg.sandbox == "none":
         warn("execute.sandbox: none runs code from the input file without a sandbox, as this user: unsafe")
@@ -70,6 +72,14 @@ def sandbox_warnings(cfg) -> None:
     missing = [lang for lang, ok in sandbox.runtimes().items() if not ok]
     if missing:
         warn(f"execute: no toolchain here for {', '.join(missing)}: those snippets are not run")
+    need, spare = cfg.workers * max(cfg.memory_mb, sandbox.COMPILE_MB), available_gb() * 1024
+    if need > spare:  # the engine is loaded by now: what is free is what the runs may take
+        warn(f"execute: {cfg.workers} runs at once of up to {max(cfg.memory_mb, sandbox.COMPILE_MB)} MB each "
+             f"(compiling) may take {need} MB, but {spare:.0f} MB is free beside the engine; "
+             "lower execute.workers or execute.memory_mb")
+    if sandbox.available() and not sandbox.grouped():
+        warn(f"execute: no cgroup per run here (needs root and cgroup v1 memory and pids): each process is capped, "
+             f"and a run may start {sandbox.task_cap(cfg.memory_mb, False)} (Java and node need more)")
 
 
 class GraphRunner:

@@ -70,6 +70,7 @@ for _args, _want in {pairs!r}:
         _failed += 1
 print('EXAMPLES', _failed, _tried)
 """
+STOPPED = ("timeout", "killed")  # a run a limit ended: no evidence either way
 ARROW = r"\s*(?:==|=>|->|➞|⇒|→|=|should\s+return|returns?)\s*"
 
 
@@ -220,14 +221,15 @@ def evidence(q: Question, job: Job, results: list) -> Evidence:
     """The options the runs are consistent with: examples, the bodies that pass them all;
     output, the options whose text reads as the output, or, for a run that failed, the
     options that name an error; compile, the options that name a compile error if it
-    failed to compile, else the others. A run or compile that timed out says nothing: how
-    long a program takes depends on the machine and its load, so it must not decide."""
-    if job.kind == "examples":  # a body that timed out is not ruled out: a timeout is never evidence
+    failed to compile, else the others. A run or compile that a limit stopped (`timeout`,
+    `killed`) says nothing: how long a program takes, and how much memory the kernel finds
+    for it, depend on the machine and its load, so they must not decide."""
+    if job.kind == "examples":  # a body stopped by a limit is not ruled out: it says nothing
         statuses = {r.status for r in results}
         status = "ok" if statuses & {"ok", "runtime_error"} else min(statuses)  # unavailable, timeout...
         if status != "ok" or not any(passes(r) for r in results):
             return Evidence("examples", status)
-        return Evidence("examples", status, [k for k, r in zip(q.letters, results) if passes(r) or r.status == "timeout"])
+        return Evidence("examples", status, [k for k, r in zip(q.letters, results) if passes(r) or r.status in STOPPED])
     status, stdout = results[0].status, results[0].stdout
     if job.kind == "compile":  # Python that does not parse may be Python 2: no evidence
         if status not in ("ok", "compile_error") or (status == "compile_error" and job.language == "python"):

@@ -113,8 +113,10 @@ def make_nodes(cfg, backbones: dict, batcher, index=None, priors: dict | None = 
                 "seconds": round(sum(r.seconds for r in results if not r.cached), 3),  # a cached run cost nothing now
                 **executed, "trusted": settled_by_run({"executed": executed}, cfg) is not None,
                 "ruled_out": e.ruled_out(q.letters) if e.kind in cfg.execute.eliminate and not e.settled else []}
-        if e.status == "unavailable":
-            step["why"] = results[0].stderr
+        if stopped := [r for r in results if r.status in ("unavailable", "killed")]:
+            step["why"] = stopped[0].stderr.strip().splitlines()[-1] if stopped[0].stderr.strip() else stopped[0].status
+        if peaks := [r.peak_mb for r in results if r.peak_mb is not None]:
+            step["peak_mb"] = max(peaks)  # the most memory one run's processes held together
         return {"executed": executed, "trace": [step]}
 
     async def verify(s):

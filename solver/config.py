@@ -107,8 +107,11 @@ class ExecuteConfig(Strict):
     # leaves more than one (a behaviour question's program compiled: not "Compile Error").
     eliminate: list[Literal["output", "error", "examples", "compile"]] = ["examples", "compile"]
     timeout_s: float = 5.0  # wall time per run (compiling has its own budget)
-    memory_mb: int = 512
-    workers: int = 2  # runs at once
+    # A run's memory: all its processes together, in a cgroup of its own where the machine
+    # allows (root, cgroup v1), and each process's rlimit; a run that reaches it is killed
+    # (solver/sandbox.py). Compiling has its own budget (1024).
+    memory_mb: int = Field(512, ge=16)
+    workers: int = Field(2, ge=1)  # runs at once: workers x the larger budget must fit beside the engine
 
 
 class ReanswerConfig(Strict):

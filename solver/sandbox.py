@@ -3,11 +3,16 @@
 Every run gets fresh user/pid/net/ipc/uts/cgroup namespaces (`bwrap --unshare-all`),
 read-only binds of only the toolchains, a size-capped tmpfs /tmp, an empty environment,
 an unprivileged uid (if we are root the process really drops root before bwrap, so the
-kernel's RLIMIT_NPROC applies) and rlimits set in the child before exec. Compiled
+kernel's RLIMIT_NPROC applies) and rlimits set in the child before exec. Where the machine
+allows (root, cgroup v1), each run (a compile, a program) is also a cgroup of its own
+(solver/cgroups.py): its processes' memory together is capped at `memory_mb` and their
+number at 64, and a run that reaches the cap is killed whole (status "killed", the reason
+in its stderr, its peak in `peak_mb`). Elsewhere a run may start fewer tasks, so that
+per-process caps times tasks stay within UNGROUPED_MB. Compiled
 languages compile in one sandbox (the per-run folder bound read-write) and run in a
 second (that folder read-only, so the program can only write the capped tmpfs). When
 bwrap's init (pid 1 of the run's pid namespace) dies, the kernel kills everything left
-inside; a wall timeout or an output cap kills bwrap's whole process group.
+inside; a wall timeout, an output cap or the memory cap kills bwrap's whole process group.
 No bwrap, no run: status "unavailable", unless the caller asks for `unsafe=True`.
 `check_only=True` compiles (or, for Python and JavaScript, parses) and runs nothing.
 """
@@ -35,6 +40,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from solver import cgroups
 from solver.journal import atomic_write
 
 PATH = "/usr/bin:/bin"  # the only tools a run sees; /usr/local lives under /usr
@@ -42,6 +48,8 @@ ENV = {"PATH": PATH, "HOME": "/tmp", "LANG": "C.UTF-8"}
 NOBODY = 65534
 VERSION = 2  # part of every cache key: bump when the commands, limits or outcomes change
 TMP_MB, FSIZE_MB, NOFILE, NPROC = 64, 16, 64, 64
+UNGROUPED_MB = 4096  # without a cgroup: the most a run's processes may hold together (task_cap)
+POLL_S = 0.05  # how often a run in a cgroup is checked against its memory cap
 COMPILE_S, COMPILE_MB = 30.0, 1024  # the compiler's own budget, not the program's
 CACHE_DIR = Path(os.environ.get("CODEMCQ_EXEC_CACHE", Path(".cache") / "exec"))
 TOOLS = {"python": ["python3"], "c": ["gcc"], "cpp": ["g++"], "java": ["javac", "java"],
@@ -63,6 +71,7 @@ class Result(BaseModel):
     exit_code: int | None = None
     seconds: float = 0.0
     truncated: bool = False  # stdout or stderr was cut at max_output (and the run killed)
+    peak_mb: float | None = None  # the most memory its processes held together (None: no cgroup here)
     cached: bool = False  # read from the on-disk cache: `seconds` is the original run's
 
 
@@ -116,34 +125,67 @@ def _tasks_of(uid: int) -> int:
     return n
 
 
+def grouped() -> bool:
+    """Whether each run gets a cgroup here (we are root, and v1 memory and pids are writable)."""
+    return os.geteuid() == 0 and cgroups.roots() is not None
+
+
+def task_cap(memory_mb: int, grouped: bool) -> int:
+    """Processes and threads one run may start beyond what its uid already runs. In a cgroup
+    the kernel caps their memory together, so 64 (the JVM and node start 15-20 threads).
+    Without one only each process is capped, so their number times `memory_mb` must stay
+    within UNGROUPED_MB: 8 at 512 MB (too few for Java and node, which then fail to start)."""
+    return NPROC if grouped else max(1, min(NPROC, UNGROUPED_MB // memory_mb))
+
+
 def _exec(argv: list[str], cwd: str, stdin: str, timeout_s: float, memory_mb: int,
-          use_data: bool, max_output: int) -> Result:
-    """Run argv under rlimits and a wall clock; read at most max_output bytes per stream."""
+          use_data: bool, max_output: int, compiler: bool = False) -> Result:
+    """Run argv in a cgroup of its own (solver/cgroups.py: `memory_mb` for all its processes
+    together) under rlimits (the second line: `memory_mb` for each) and a wall clock; read at
+    most max_output bytes per stream. A run whose group reaches its memory cap is killed whole.
+    A compiler's rlimit is 4x its cap where the group holds it: a compiler out of address
+    space fails like one that found an error, while one the group stops is `killed`."""
     root = os.geteuid() == 0
-    nproc = _tasks_of(NOBODY if root else os.getuid()) + NPROC
+    group = cgroups.make(memory_mb, NPROC) if grouped() else None
+    nproc = _tasks_of(NOBODY if root else os.getuid()) + task_cap(memory_mb, group is not None)
     mem = resource.RLIMIT_DATA if use_data else resource.RLIMIT_AS
+    per_process = memory_mb * (4 if compiler and group else 1)
     cpu = int(timeout_s) + 1
-    caps = [(resource.RLIMIT_CPU, (cpu, cpu + 1)), (mem, (memory_mb << 20,) * 2),
+    caps = [(resource.RLIMIT_CPU, (cpu, cpu + 1)), (mem, (per_process << 20,) * 2),
             (resource.RLIMIT_NPROC, (nproc, nproc)), (resource.RLIMIT_FSIZE, (FSIZE_MB << 20,) * 2),
             (resource.RLIMIT_NOFILE, (NOFILE, NOFILE)), (resource.RLIMIT_CORE, (0, 0))]
+    procs = [str(p) for p in group.procs_files()] if group else []
 
-    def limit() -> None:  # in the child, after the uid drop, before exec. Only setrlimit
-        for res, val in caps:  # calls, no lock a sibling thread could hold: safe beside threads
+    def limit() -> None:  # in the child, before exec: syscalls only, no lock a sibling thread
+        for path in procs:  # could hold, so safe beside threads. Into the group while still root,
+            fd = os.open(path, os.O_WRONLY)  # so everything it starts is in it
+            os.write(fd, b"%d" % os.getpid())
+            os.close(fd)
+        for res, val in caps:
             resource.setrlimit(res, val)
+        if root:  # then drop root for good: the kernel applies RLIMIT_NPROC to nobody
+            os.setgroups([])
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setresuid(NOBODY, NOBODY, NOBODY)
 
-    drop = {"user": NOBODY, "group": NOBODY, "extra_groups": []} if root else {}
     info_r, info_w = os.pipe()  # bwrap writes the host pid of its init (the run's pid 1) here
     boxed = argv[0] == "bwrap"
     if boxed:
         argv = [argv[0], "--info-fd", str(info_w), *argv[1:]]
     start = time.monotonic()
-    with tempfile.TemporaryFile() as fin:  # a file, so a program that never reads cannot block us
-        fin.write(stdin.encode())
-        fin.seek(0)
-        proc = subprocess.Popen(argv, stdin=fin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                cwd=cwd, env=ENV, start_new_session=True, preexec_fn=limit,  # noqa: PLW1509
-                                pass_fds=(info_w,) if boxed else (), **drop)
-    os.close(info_w)
+    try:
+        with tempfile.TemporaryFile() as fin:  # a file, so a program that never reads cannot block us
+            fin.write(stdin.encode())
+            fin.seek(0)
+            proc = subprocess.Popen(argv, stdin=fin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    cwd=cwd, env=ENV, start_new_session=True, preexec_fn=limit,  # noqa: PLW1509
+                                    pass_fds=(info_w,) if boxed else ())
+    except BaseException:
+        if group:
+            group.close()
+        raise
+    finally:
+        os.close(info_w)
     fds = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray(), info_r: bytearray()}
     why, init, deadline = None, None, start + timeout_s
     with selectors.DefaultSelector() as sel:
@@ -153,7 +195,9 @@ def _exec(argv: list[str], cwd: str, stdin: str, timeout_s: float, memory_mb: in
             left = deadline - time.monotonic()
             if left <= 0:
                 why = "timeout"
-            for key, _ in sel.select(max(left, 0)):
+            elif group and group.hit_cap():
+                why = "memory"
+            for key, _ in sel.select(max(min(left, POLL_S if group else left), 0)):
                 chunk, buf = os.read(key.fd, 1 << 16), fds[key.fd]
                 if not chunk:
                     sel.unregister(key.fd)
@@ -163,28 +207,41 @@ def _exec(argv: list[str], cwd: str, stdin: str, timeout_s: float, memory_mb: in
                         init = os.pidfd_open(int(m[1]))
                 elif len(buf) > max_output and key.fd != info_r:
                     why = "output"
-    try:
-        proc.wait(timeout=0 if why else max(deadline - time.monotonic(), 0))
-    except subprocess.TimeoutExpired:
-        why = why or "timeout"
+    while not why and proc.poll() is None:  # the streams closed; the process may not have exited yet
+        if time.monotonic() >= deadline:
+            why = "timeout"
+        elif group and group.hit_cap():
+            why = "memory"
+        else:
+            time.sleep(min(POLL_S, max(deadline - time.monotonic(), 0)))
+    if why or proc.poll() is None:
         if init is not None:
             signal.pidfd_send_signal(init, signal.SIGKILL)  # pid 1 dies: the kernel kills the rest
         with contextlib.suppress(ProcessLookupError):  # pid not reaped yet: the group is ours
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        if group:
+            group.kill()
+    proc.wait()
     if init is not None:  # bwrap may exit before its init: wait until the namespace is empty
         select.select([init], [], [], 30)  # only a task stuck in the kernel takes long
         os.close(init)
+    peak = None
+    if group:
+        why = why or ("memory" if group.hit_cap() else None)  # it may have died of it just now
+        peak = round(group.peak_mb(), 1)
+        group.close()
     out, err = (bytes(fds[f.fileno()][:max_output]).decode("utf-8", "replace")
                 for f in (proc.stdout, proc.stderr))
     proc.stdout.close(), proc.stderr.close(), os.close(info_r)
     rc, seconds = proc.returncode, time.monotonic() - start
     sig = -rc if rc < 0 else rc - 128 if rc > 128 else 0  # bwrap exits 128+N on signal N
+    if why == "memory":
+        err += f"\n[killed: its processes together reached the run's memory cap of {memory_mb} MB]"
     status = ("timeout" if why == "timeout" or sig == signal.SIGXCPU else
-              "killed" if why == "output" or sig == signal.SIGKILL else
+              "killed" if why in ("output", "memory") or sig == signal.SIGKILL else
               "ok" if rc == 0 else "runtime_error")
-    return Result(status=status, stdout=out, stderr=err, exit_code=rc,
-                  seconds=round(seconds, 3), truncated=why == "output")
+    return Result(status=status, stdout=out, stderr=err, exit_code=rc, seconds=round(seconds, 3),
+                  truncated=why == "output", peak_mb=peak)
 
 
 @functools.cache
@@ -254,6 +311,8 @@ def run(language: str, source: str, *, stdin: str = "", timeout_s: float = 5, me
     if mech is None or not runtimes()[language]:
         why = "no sandbox (bwrap) here" if mech is None else f"no {language} toolchain here"
         return Result(status="unavailable", stderr=why)
+    if language in USES_DATA and not grouped():  # their VMs start 15-20 threads: more than task_cap
+        return Result(status="unavailable", stderr=f"no {language} runs without a cgroup per run (root, cgroup v1)")
     key = hashlib.sha256(json.dumps([VERSION, mech, language, source, stdin, timeout_s, memory_mb,
                                      max_output] + (["check"] if check_only else [])).encode()).hexdigest()
     path = cache_dir / f"{key}.json" if cache_dir else None
@@ -271,7 +330,7 @@ def run(language: str, source: str, *, stdin: str = "", timeout_s: float = 5, me
         c = Result(status="ok")
         if compile_argv:
             c = _exec(box(compile_argv, True), work, "", COMPILE_S, max(memory_mb, COMPILE_MB),
-                      use_data, max_output)
+                      use_data, max_output, compiler=True)
         if c.status == "ok" and run_argv is None:
             r = c
         elif c.status == "ok":

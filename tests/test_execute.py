@@ -142,9 +142,16 @@ def test_graph_settles_runnable_questions_without_the_llm(engine_solver, tmp_pat
     hostile = Question(task_id="evil", question="Question: What is the output of the following Python code?\n"
                        f"import os\nopen({str(marker)!r}, 'w').write('x')\nprint(os.environ.get('CODEMCQ_SECRET'))",
                        choices=["s3cr3t-token", "None", "x"])
-    cfg = SolverConfig.model_validate({"backbone": SMALL, "graph": {"enabled": True}, "execute": {"enabled": True}})
+    # and one whose children fill memory together, their fork reached so that the step runs it
+    hog = Question(task_id="hog", question="Question: What is the output of the following Python code?\n"
+                   "import os, signal\nfor i in range(12):\n    if getattr(os, 'fork')() == 0:\n"
+                   "        b = bytearray(b'\\x01' * (100 << 20))\n        signal.pause()\nfor i in range(12):\n"
+                   "    os.wait()\nprint('all done')\n",
+                   choices=["all done", "MemoryError", "Killed"])
+    cfg = SolverConfig.model_validate({"backbone": SMALL, "graph": {"enabled": True},
+                                       "execute": {"enabled": True, "memory_mb": 256}})
     solver = Solver(cfg, backbone=engine_solver.backbone)
-    preds = solver.solve_batch([C, REPL, CONCEPT, hostile])
+    preds = solver.solve_batch([C, REPL, CONCEPT, hostile, hog])
     steps = {p.task_id: [t["step"] for t in p.trace] for p in preds}
     cost = {p.task_id: p.trace[-1] for p in preds}
     assert [p.letter for p in preds[:2]] == ["B", "C"] and steps["c"] == ["execute", "decide", "cost"]
@@ -154,6 +161,10 @@ def test_graph_settles_runnable_questions_without_the_llm(engine_solver, tmp_pat
     evil = next(t for t in preds[3].trace if t["step"] == "execute")
     assert evil["status"] == "runtime_error" and not marker.exists()  # the write failed: nothing outside
     assert preds[3].letter != "A"  # the secret never reached the run, so it settled nothing towards it
+    if sandbox.grouped():  # the run was killed at its cap, the question answered without it
+        run = next(t for t in preds[4].trace if t["step"] == "execute")
+        assert run["status"] == "killed" and "memory cap of 256 MB" in run["why"] and run["peak_mb"] <= 257, run
+        assert not run["trusted"] and preds[4].letter in hog.letters
 
 
 def test_a_timeout_is_never_evidence():

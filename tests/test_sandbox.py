@@ -69,6 +69,7 @@ def hostile(source: str, timeout_s: float = 2, **kw) -> sandbox.Result:
     assert time.monotonic() - t < timeout_s + 10, "the run did not end in time"  # slack: a loaded CI
     assert procs(marker) == [], "a process outlived its run"
     assert set(glob.glob(f"{tempfile.gettempdir()}/codemcq-exec-*")) <= before, "work folder left"
+    assert not [g for d in (sandbox.cgroups.roots() or {}).values() for g in d.glob("codemcq-run-*")], "cgroup left"
     return r
 
 
@@ -277,3 +278,52 @@ def test_killing_parents_hits_only_the_sandbox():
 def test_gigabytes_of_output_are_cut():
     r = hostile("import sys\nb = 'x' * (1 << 20)\nwhile True: sys.stdout.write(b)", timeout_s=3)
     assert r.status == "killed" and r.truncated and len(r.stdout) == 64_000, r  # cut, not timed out
+
+
+# Memory taken together: forked children, threads, and orphans that fork again, each filling
+# memory. The run's cgroup caps the sum (MB below); where none can be made, fewer tasks.
+CAP = 256
+FILL = "bytearray(b'\\x01' * (100 << 20))"  # 100 MB, touched
+CHILDREN = ("import os, time\nfork = getattr(os, 'fork')\nkids = []\nfor i in range(12):\n"
+            "    pid = fork()\n    if pid == 0:\n        b = " + FILL + "\n        time.sleep(20)\n        os._exit(0)\n"
+            "    kids.append(pid)\nfor k in kids: os.waitpid(k, 0)\nprint('all done')\n")
+THREADS = ("import threading, time\nheld = []\ndef fill():\n    try:\n        held.append(" + FILL + ")\n"
+           "    except MemoryError:\n        pass\n    time.sleep(20)\n"
+           "ts = [threading.Thread(target=fill) for _ in range(12)]\nfor t in ts: t.start()\nfor t in ts: t.join()\n")
+ORPHANS = ("import os, signal, time\nfork = getattr(os, 'fork')\nif fork() == 0:\n    if fork() == 0:\n"
+           "        time.sleep(0.2)  # its parent is dead by now\n        for i in range(6):\n"
+           "            if fork() == 0:\n                b = " + FILL + "\n                time.sleep(20)\n"
+           "        time.sleep(20)\n    os.kill(os.getpid(), signal.SIGKILL)\ntime.sleep(30)\n")
+
+
+@pytest.mark.parametrize("src", [CHILDREN, THREADS, ORPHANS], ids=["children", "threads", "orphans"])
+def test_memory_of_a_whole_run_is_capped(src):
+    if not sandbox.grouped():
+        pytest.skip("no cgroup per run here (needs root and cgroup v1 memory and pids)")
+    r = hostile(src, timeout_s=8, memory_mb=CAP)  # ended in time, no process left
+    assert r.peak_mb is not None and r.peak_mb <= CAP + 1, r  # +1: the counter's page rounding
+    if src is not THREADS:  # threads share one address space: its rlimit stops them first
+        assert r.status == "killed" and f"memory cap of {CAP} MB" in r.stderr, r
+    assert "all done" not in r.stdout
+
+
+def test_without_a_cgroup_fewer_tasks_keep_the_sum_in_budget(monkeypatch):
+    assert sandbox.task_cap(512, grouped=True) == sandbox.NPROC
+    for mb in (16, 256, 512, 2048, 8192):
+        assert 1 <= sandbox.task_cap(mb, grouped=False) and sandbox.task_cap(mb, False) * mb <= max(sandbox.UNGROUPED_MB, mb)
+    monkeypatch.setattr(sandbox.cgroups, "roots", lambda: None)
+    src = ("import os, signal\nn = 0\nfor i in range(40):\n    try:\n        pid = getattr(os, 'fork')()\n"
+           "    except OSError:\n        break\n    if pid == 0:\n        signal.pause()\n    n += 1\nprint('forked', n)\n")
+    r = hostile(src, timeout_s=8, memory_mb=CAP)
+    assert r.status == "ok" and r.peak_mb is None, r
+    assert 0 < int(r.stdout.split()[1]) < sandbox.task_cap(CAP, grouped=False)  # the main process is one of them
+
+
+def test_a_compiler_out_of_memory_is_killed_not_a_compile_error(tmp_path, monkeypatch):
+    need("cpp")
+    if not sandbox.grouped():
+        pytest.skip("no cgroup per run here")
+    monkeypatch.setattr(sandbox, "COMPILE_MB", 32)  # g++ needs ~150 MB for bits/stdc++.h
+    src = "#include <bits/stdc++.h>\nint main() { std::vector<int> v{1}; std::cout << v[0]; }\n"
+    r = sandbox.run("cpp", src, memory_mb=32, check_only=True, cache_dir=tmp_path)
+    assert r.status == "killed" and "memory cap of 32 MB" in r.stderr, r
