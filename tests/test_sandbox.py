@@ -288,7 +288,7 @@ CHILDREN = ("import os, time\nfork = getattr(os, 'fork')\nkids = []\nfor i in ra
             "    pid = fork()\n    if pid == 0:\n        b = " + FILL + "\n        time.sleep(20)\n        os._exit(0)\n"
             "    kids.append(pid)\nfor k in kids: os.waitpid(k, 0)\nprint('all done')\n")
 THREADS = ("import threading, time\nheld = []\ndef fill():\n    try:\n        held.append(" + FILL + ")\n"
-           "    except MemoryError:\n        pass\n    time.sleep(20)\n"
+           "    except MemoryError:\n        pass\n    time.sleep(1)\n"
            "ts = [threading.Thread(target=fill) for _ in range(12)]\nfor t in ts: t.start()\nfor t in ts: t.join()\n")
 ORPHANS = ("import os, signal, time\nfork = getattr(os, 'fork')\nif fork() == 0:\n    if fork() == 0:\n"
            "        time.sleep(0.2)  # its parent is dead by now\n        for i in range(6):\n"
