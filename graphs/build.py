@@ -72,9 +72,10 @@ def sandbox_warnings(cfg) -> None:
     missing = [lang for lang, ok in sandbox.runtimes().items() if not ok]
     if missing:
         warn(f"execute: no toolchain here for {', '.join(missing)}: those snippets are not run")
-    need, spare = cfg.workers * max(cfg.memory_mb, sandbox.COMPILE_MB), available_gb() * 1024
+    most = max(cfg.memory_mb, sandbox.COMPILE_MB)  # a compile's budget, or the program's
+    need, spare = cfg.workers * most, available_gb() * 1024
     if need > spare:  # the engine is loaded by now: what is free is what the runs may take
-        warn(f"execute: {cfg.workers} runs at once of up to {max(cfg.memory_mb, sandbox.COMPILE_MB)} MB each "
+        warn(f"execute: {cfg.workers} runs at once of up to {most} MB each "
              f"(compiling) may take {need} MB, but {spare:.0f} MB is free beside the engine; "
              "lower execute.workers or execute.memory_mb")
     if sandbox.available() and not sandbox.grouped():

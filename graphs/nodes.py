@@ -114,7 +114,7 @@ def make_nodes(cfg, backbones: dict, batcher, index=None, priors: dict | None = 
                 **executed, "trusted": settled_by_run({"executed": executed}, cfg) is not None,
                 "ruled_out": e.ruled_out(q.letters) if e.kind in cfg.execute.eliminate and not e.settled else []}
         if stopped := [r for r in results if r.status in ("unavailable", "killed")]:
-            step["why"] = stopped[0].stderr.strip().splitlines()[-1] if stopped[0].stderr.strip() else stopped[0].status
+            step["why"] = (stopped[0].stderr.strip().splitlines() or [stopped[0].status])[-1]
         if peaks := [r.peak_mb for r in results if r.peak_mb is not None]:
             step["peak_mb"] = max(peaks)  # the most memory one run's processes held together
         return {"executed": executed, "trace": [step]}

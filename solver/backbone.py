@@ -71,11 +71,12 @@ def engine_limits(cfg: BackboneConfig) -> dict:
     server alike, fixed by the config (vLLM's defaults differ between the two, and its CPU
     KV cache was sized from free memory): in bf16 the steps a prompt is computed in, and
     with which other prompts, change its numbers. A prompt is never split over steps."""
-    if cuda_capability() is None and kv_cache_gb(cfg.kv_cache_gb) > available_gb():
+    kv, free = kv_cache_gb(cfg.kv_cache_gb), available_gb()
+    if cuda_capability() is None and kv > free:
         from solver.console import warn
 
-        warn(f"backbone '{cfg.label}': KV cache of {kv_cache_gb(cfg.kv_cache_gb)} GiB, but only "
-             f"{available_gb():.1f} GiB of memory is free; set kv_cache_gb lower")
+        warn(f"backbone '{cfg.label}': KV cache of {kv} GiB, but only {free:.1f} GiB of memory is free; "
+             "set kv_cache_gb lower")
     return dict(max_num_seqs=1 if cfg.batch_invariant else cfg.max_num_seqs,
                 max_num_batched_tokens=max(cfg.max_model_len, 4096),
                 enable_prefix_caching=not cfg.batch_invariant)
@@ -187,14 +188,14 @@ class EngineBackbone(Backbone):
         from vllm import SamplingParams
 
         order = sorted(range(len(prompts)), key=lambda i: (prompts[i], options[i]))
-        params = [SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=self.option_tokens(options[i]))
-                  for i in order]
+        starts = [self.option_tokens(o) for o in options]
+        params = [SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=starts[i]) for i in order]
         if not self.cfg.batch_invariant:
             self.llm.reset_prefix_cache()
         outputs = self.llm.generate([prompts[i] for i in order], params, use_tqdm=False, lora_request=self.lora_request)
         result: list = [None] * len(prompts)
         for i, out in zip(order, outputs):
-            lp, wanted = out.outputs[0].logprobs, set(self.option_tokens(options[i]))
+            lp, wanted = out.outputs[0].logprobs, set(starts[i])
             top = {t: v.logprob for t, v in lp[0].items() if t in wanted} if lp else {}  # not the sampled token
             result[i] = option_probabilities(top, options[i], self.decode)
         return result

@@ -56,7 +56,7 @@ class RunGroup:
     """One run's group: at most `memory_mb` of memory and `tasks` processes and threads."""
 
     def __init__(self, dirs: dict[str, Path], memory_mb: int, tasks: int):
-        self.dirs, self.memory_mb = dirs, memory_mb
+        self.dirs = dirs
         mem = dirs["memory"]
         (mem / "memory.limit_in_bytes").write_text(str(memory_mb << 20))
         if (mem / "memory.memsw.limit_in_bytes").exists():  # no swapping past the cap either

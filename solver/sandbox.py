@@ -49,7 +49,7 @@ NOBODY = 65534
 VERSION = 2  # part of every cache key: bump when the commands, limits or outcomes change
 TMP_MB, FSIZE_MB, NOFILE, NPROC = 64, 16, 64, 64
 UNGROUPED_MB = 4096  # without a cgroup: the most a run's processes may hold together (task_cap)
-POLL_S = 0.05  # how often a run in a cgroup is checked against its memory cap
+POLL_S = 0.05  # how often a run is checked against its time and memory limits
 COMPILE_S, COMPILE_MB = 30.0, 1024  # the compiler's own budget, not the program's
 CACHE_DIR = Path(os.environ.get("CODEMCQ_EXEC_CACHE", Path(".cache") / "exec"))
 TOOLS = {"python": ["python3"], "c": ["gcc"], "cpp": ["g++"], "java": ["javac", "java"],
@@ -188,16 +188,17 @@ def _exec(argv: list[str], cwd: str, stdin: str, timeout_s: float, memory_mb: in
         os.close(info_w)
     fds = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray(), info_r: bytearray()}
     why, init, deadline = None, None, start + timeout_s
+
+    def limit_hit() -> str | None:
+        if time.monotonic() >= deadline:
+            return "timeout"
+        return "memory" if group and group.hit_cap() else None
+
     with selectors.DefaultSelector() as sel:
         for fd in fds:
             sel.register(fd, selectors.EVENT_READ)
-        while sel.get_map() and not why:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                why = "timeout"
-            elif group and group.hit_cap():
-                why = "memory"
-            for key, _ in sel.select(max(min(left, POLL_S if group else left), 0)):
+        while sel.get_map() and not why and not (why := limit_hit()):
+            for key, _ in sel.select(max(min(deadline - time.monotonic(), POLL_S), 0)):
                 chunk, buf = os.read(key.fd, 1 << 16), fds[key.fd]
                 if not chunk:
                     sel.unregister(key.fd)
@@ -207,13 +208,8 @@ def _exec(argv: list[str], cwd: str, stdin: str, timeout_s: float, memory_mb: in
                         init = os.pidfd_open(int(m[1]))
                 elif len(buf) > max_output and key.fd != info_r:
                     why = "output"
-    while not why and proc.poll() is None:  # the streams closed; the process may not have exited yet
-        if time.monotonic() >= deadline:
-            why = "timeout"
-        elif group and group.hit_cap():
-            why = "memory"
-        else:
-            time.sleep(min(POLL_S, max(deadline - time.monotonic(), 0)))
+    while not why and proc.poll() is None and not (why := limit_hit()):  # the streams closed; not yet exited
+        time.sleep(min(POLL_S, max(deadline - time.monotonic(), 0)))
     if why or proc.poll() is None:
         if init is not None:
             signal.pidfd_send_signal(init, signal.SIGKILL)  # pid 1 dies: the kernel kills the rest
