@@ -101,6 +101,9 @@ def test_graph_command_with_bad_config(tmp_path):
     ({"graph": {"enabled": True}, "vote": {"debias": {"source": "run", "share": 2}}}, "field 'vote.debias.share'"),
     ({"graph": {"enabled": True}, "vote": {"rule": "pool", "weights": {"x": "heavy"}}}, "field 'vote.weights.x'"),
     ({"backbone": {"kind": "server", "served_name": "ghost"}}, "backbone 'ghost': kind 'server' without base_url"),
+    ({"backbone": {"batch_invariant": "sometimes"}}, "field 'backbone.batch_invariant'"),
+    ({"graph": {"enabled": True}, "execute": {"enabled": True, "memory_mb": 0}}, "field 'execute.memory_mb'"),
+    ({"graph": {"enabled": True}, "execute": {"enabled": True, "workers": 0}}, "field 'execute.workers'"),
 ])
 def test_bad_vote_configs(tmp_path, config, message):
     """Refused in one line before any model loads; the old output untouched."""
