@@ -20,6 +20,12 @@ class FinetuneConfig(Strict):
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] | str = "all-linear"  # peft's name for every linear layer but the output head
+    # Which layers learn. On a CPU, the top `layers` of the model only (null: all, full LoRA):
+    # the layers below run once per prompt and their output is cached (finetune.activations).
+    layers: int | None = Field(None, gt=0)
+    gpu_layers: int | None = Field(None, gt=0)  # the same on a CUDA GPU (null: full LoRA, affordable there)
+    cache_layer: int | None = Field(None, ge=0)  # cache the input of this layer instead of the first trained one
+    # (lower: one cache serves several `layers`; the layers between run frozen each step)
     # Optimisation: AdamW on the adapter, linear warmup then linear decay to 0
     epochs: float = Field(1.0, gt=0)  # fractions allowed: 0.5 is half the batches of one epoch
     lr: float = 2e-4
@@ -34,7 +40,7 @@ class FinetuneConfig(Strict):
     val_split: Split = "dev"
     val_n: int = Field(200, gt=0)  # the first N questions of val_split
     n_train: int | None = Field(None, gt=0)  # only the first N training questions (the data-size sweep)
-    eval_every: int = Field(50, gt=0)  # optimizer steps between validations (and checkpoints)
+    eval_every: int = Field(50, gt=0)  # optimizer steps between validations (and Trainer checkpoints)
     # Retrieval-augmented prompts: each question after its k nearest solved training questions
     retrieval: bool = False
     k: int = Field(3, ge=0)

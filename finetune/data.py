@@ -1,17 +1,14 @@
 """Labelled questions -> training examples on exactly the prompts the solver sends.
 
-An example is the answer prompt, tokenized the way vLLM tokenizes a text prompt, then
-the token of the answer letter: the one token the solver's structured choice scores.
-Only that token carries a label, so the loss teaches the reply and nothing else.
+An example is the answer prompt, tokenized the way vLLM tokenizes a text prompt, and the
+token of its answer letter: the one token the solver scores after the prompt. Only that
+token carries a label, so the loss teaches the reply and nothing else.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from finetune.config import FinetuneConfig
 from solver.data import DataError, load_questions, split_of
@@ -19,16 +16,12 @@ from solver.models import ModelError
 from solver.prompts import PromptTooLong, answer_prompt
 from solver.types import LETTERS, Question
 
-IGNORE = -100  # the label torch's cross-entropy skips
-CHUNK = 50  # batches per length-sorted chunk of batch_order
-
 
 @dataclass
 class Example:
-    input_ids: list[int]  # prompt tokens, then the answer letter's token
-    labels: list[int]  # IGNORE everywhere but the answer token
+    prompt: list[int]  # the answer prompt's tokens, as vLLM tokenizes the text
     letters_ids: list[int]  # the token of each option letter, option order
-    answer_index: int  # the correct option
+    answer_index: int  # the correct option: the loss is on letters_ids[answer_index] after the prompt
 
 
 def letter_token_ids(tokenizer, letters: list[str]) -> list[int]:
@@ -68,9 +61,7 @@ def retrieved_shots(data: str | Path, questions: list[Question], cfg: FinetuneCo
 def make_example(q: Question, tokenizer, max_len: int, letters_ids: list[int], shots: list[Question] = ()) -> Example:
     prompt = answer_prompt(q, tokenizer, max_len, shots)
     ids = tokenizer(prompt.text)["input_ids"]  # special tokens as vLLM adds them to a text prompt
-    answer = q.letters.index(q.answer)
-    letters_ids = letters_ids[: len(q.letters)]
-    return Example(ids + [letters_ids[answer]], [IGNORE] * len(ids) + [letters_ids[answer]], letters_ids, answer)
+    return Example(ids, letters_ids[: len(q.letters)], q.letters.index(q.answer))
 
 
 def build_examples(questions: list[Question], tokenizer, max_len: int,
@@ -84,36 +75,3 @@ def build_examples(questions: list[Question], tokenizer, max_len: int,
         except PromptTooLong:
             too_long += 1
     return examples, too_long
-
-
-def collate(batch: list[Example]) -> dict[str, torch.Tensor]:
-    """Right-padded to the longest in the batch. Pads are masked out of attention and
-    loss, so their id does not matter (0)."""
-    width = max(len(e.input_ids) for e in batch)
-    ids = torch.zeros(len(batch), width, dtype=torch.long)
-    labels = torch.full_like(ids, IGNORE)
-    mask = torch.zeros_like(ids)
-    for i, e in enumerate(batch):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """One epoch's batches of example indices, grouped by length to cut padding.
-
-    Shuffled, sorted by length within chunks of CHUNK batches (neighbours in a chunk pad
-    little), then the batches shuffled so that length does not follow the step. A pure
-    function of (seed, epoch): a resumed run continues the very same order.
-    """
-    rng = random.Random(f"{seed}:{epoch}")
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    batches = []
-    for start in range(0, len(order), CHUNK * batch_size):
-        part = sorted(order[start : start + CHUNK * batch_size], key=lambda i: lengths[i])
-        batches += [part[j : j + batch_size] for j in range(0, len(part), batch_size)]
-    rng.shuffle(batches)
-    return batches

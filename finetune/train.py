@@ -1,15 +1,15 @@
 """LoRA finetuning of the answer model on the solver's own prompts, loss on the answer letter only.
 
-`finetune(data, out, cfg)` trains, validates with the solver's scoring, keeps the best
-adapter, and can be killed and started again: `out/checkpoint.pt` holds everything the
-loop needs, and `out/run.json` names the run (data + config), so a finished run is
-returned at once and another run's folder is never overwritten.
+`finetune(data, out, cfg)` trains with transformers' `Trainer` (schedule, accumulation,
+checkpoints every validation, resume, best adapter by validation accuracy) and peft, and
+can be killed and started again: `out/trainer/` holds the Trainer's checkpoints, and
+`out/run.json` names the run (data + config), so a finished run is returned at once and
+another run's folder is never overwritten.
 
-Speed: the loss needs the logits of one position per example (the one before the
-answer letter), so the output head runs there only, not over every token of every
-prompt (for SmolLM2-135M the head is a fifth of the forward's work, and its batch x T x
-49k float32 logits the largest tensor of the step); and batches are grouped by length
-(finetune.data.batch_order) so they pad little.
+Cost on a CPU: with `layers: k`, LoRA sits in the top k layers only and the frozen layers
+below run once per prompt (finetune.activations caches what enters layer n-k); every
+epoch then runs k layers forward and backward. The loss needs the logits of one position
+per prompt (its last, where the answer letter comes), so the output head runs there only.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
-import shutil
+import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,13 +27,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from finetune.activations import ActivationCache, decoder_layers, starting_at
 from finetune.config import FinetuneConfig
-from finetune.data import IGNORE, Example, batch_order, build_examples, collate, load_splits, retrieved_shots
-from solver.console import progress_bar
+from finetune.data import Example, build_examples, load_splits, retrieved_shots
 from solver.data import DataError
-from solver.journal import atomic_write, sha256_file
-from solver.models import resolve_model
+from solver.journal import atomic_dir, atomic_write, sha256_file
+from solver.models import merge_adapter, resolve_model
 from solver.types import UserError
+
+ACTIVATIONS = Path(".cache/activations")
+Progress = Callable[[str, int, int], None]  # (stage, done, total): the caller draws it
 
 
 def fingerprint(data_sha256: str, cfg: FinetuneConfig) -> str:
@@ -49,96 +51,171 @@ def pick_dtype(name: str, device: str) -> torch.dtype:
     return getattr(torch, pick(name, device))
 
 
+def model_identity(path: str) -> str:
+    """A model folder's path and its weight files' sizes and times (a hub id: the id): what
+    the activation cache is keyed by, without hashing gigabytes."""
+    files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+    return " ".join([path] + [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files])
+
+
+def trained_layers(cfg: FinetuneConfig, n: int, device: str) -> tuple[int, int]:
+    """(first trained layer, layer whose input is cached) for a model of n layers; a
+    first layer of 0 is full LoRA with no cache. On a CUDA GPU `gpu_layers` applies."""
+    k = cfg.gpu_layers if device == "cuda" else cfg.layers
+    k = n if k is None else k
+    if k > n:
+        raise UserError(f"layers: {k}, but model '{cfg.model}' has {n} layers")
+    start = n - k
+    cache = start if cfg.cache_layer is None else cfg.cache_layer
+    if cache > start:
+        raise UserError(f"cache_layer: {cache} is above the first trained layer {start} (layers: {k} of {n})")
+    return start, cache
+
+
 def load_model(path: str, cfg: FinetuneConfig, device: str, dtype: torch.dtype):
-    """(tokenizer, the base wrapped with a fresh LoRA adapter); peft keeps the adapter in float32."""
+    """(tokenizer, the base wrapped with a fresh LoRA adapter on the trained layers, first
+    trained layer, cached layer); peft keeps the adapter in float32."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    n = len(decoder_layers(base))
+    start, cache = trained_layers(cfg, n, device)
+    targets = cfg.target_modules
+    if start and targets == "all-linear":  # peft takes a layer range with a list of names only
+        targets = sorted({name.rsplit(".", 1)[-1] for name, m in decoder_layers(base)[0].named_modules()
+                          if isinstance(m, torch.nn.Linear)})
     lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                      target_modules=cfg.target_modules)
+                      target_modules=targets, layers_to_transform=list(range(start, n)) if start else None)
     torch.manual_seed(cfg.seed)  # the adapter's initial weights
-    return tokenizer, get_peft_model(base, lora)
+    return tokenizer, get_peft_model(base, lora), start, cache
 
 
-def answer_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(float32 logits over the whole vocabulary at each position whose next token is an
-    answer token, those tokens), rows in batch order: the decoder runs on every token,
-    the output head only there."""
+def items(examples: list[Example]) -> list[dict]:
+    """A dataset for the Trainer: each example with its token ids (the length-grouped sampler reads their length)."""
+    return [{"input_ids": e.prompt, "example": e} for e in examples]
+
+
+class Collate:
+    """Items -> a padded batch: token ids, or the hidden states a cache holds for them."""
+
+    def __init__(self, cache: ActivationCache | None = None):
+        self.cache = cache
+
+    def __call__(self, batch_items: list[dict]) -> dict:
+        """Right-padded to the longest; pads are masked out of attention, so their value does not matter."""
+        batch = [it["example"] for it in batch_items]
+        width = max(len(e.prompt) for e in batch)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        letters = torch.full((len(batch), max(len(e.letters_ids) for e in batch)), -1)
+        for i, e in enumerate(batch):
+            mask[i, : len(e.prompt)] = 1
+            letters[i, : len(e.letters_ids)] = torch.tensor(e.letters_ids)
+        out = {"attention_mask": mask, "letters": letters,
+               "last": torch.tensor([len(e.prompt) - 1 for e in batch]),
+               "answer": torch.tensor([e.answer_index for e in batch])}
+        if self.cache is None:
+            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            for i, e in enumerate(batch):
+                ids[i, : len(e.prompt)] = torch.tensor(e.prompt)
+            return out | {"input_ids": ids}
+        hidden = torch.zeros(len(batch), width, self.cache.hidden, dtype=self.cache.dtype)
+        for i, e in enumerate(batch):
+            hidden[i, : len(e.prompt)] = self.cache.get(e.prompt)
+        return out | {"hidden": hidden, "enters": self.cache.layer}  # the layer these states are the input of
+
+
+class LengthGrouped(torch.utils.data.Sampler):
+    """One epoch's order, batches of similar length (little padding): a pure function of
+    (seed, epoch), so that a resumed run replays it (transformers' LengthGroupedSampler
+    draws from the global random state, which a resume does not restore before it)."""
+
+    def __init__(self, lengths: list[int], group: int, seed: int):
+        self.lengths, self.group, self.seed, self.epoch = lengths, group, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        rng = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.group, generator=rng))
+
+
+def answer_logits(model, batch: dict) -> torch.Tensor:
+    """Float32 logits over the vocabulary at each prompt's last position. From `hidden`
+    (what enters layer `enters`) the layers below are skipped; from `input_ids` all run.
+    The decoder runs on every token, the output head at one position a prompt."""
     base = model.get_base_model()
-    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                use_cache=False).last_hidden_state
-    rows, cols = (batch["labels"][:, 1:] != IGNORE).nonzero(as_tuple=True)
-    logits = base.get_output_embeddings()(hidden[rows, cols]).float()
+    decoder = base.get_decoder()
+    if "hidden" in batch:
+        with starting_at(base, batch["enters"]):
+            h = decoder(inputs_embeds=batch["hidden"], attention_mask=batch["attention_mask"], use_cache=False)
+    else:
+        h = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    last = h.last_hidden_state[torch.arange(len(batch["last"])), batch["last"]]
+    logits = base.get_output_embeddings()(last).float()
     cap = getattr(base.config, "final_logit_softcapping", None)  # Gemma 2 squashes its logits
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits, batch["labels"][rows, cols + 1]
+    return torch.tanh(logits / cap) * cap if cap else logits
 
 
-def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy over the answer tokens: the full-logits masked loss, computed where it is not zero."""
-    return F.cross_entropy(*answer_logits(model, batch))
+def answer_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy of the answer letter's token over the whole vocabulary, as the full
+    causal-LM loss on that one label; each option letter's logit, -inf past the options)."""
+    logits = answer_logits(model, batch)
+    letters = batch["letters"]
+    target = letters.gather(1, batch["answer"][:, None])[:, 0]
+    by_letter = logits.gather(1, letters.clamp(min=0)).masked_fill(letters < 0, float("-inf"))
+    return F.cross_entropy(logits, target), by_letter
 
 
-def train_batch(model, examples: list[Example], device: str, scale: float = 1.0,
-                scaler: torch.amp.GradScaler | None = None) -> tuple[float, int]:
-    """Forward and backward of one micro-batch; (its loss, its real tokens). `scaler`
-    scales the loss so that float16 gradients do not underflow (a no-op when disabled)."""
-    batch = {k: v.to(device) for k, v in collate(examples).items()}
-    loss = answer_loss(model, batch)
-    (scaler.scale(loss * scale) if scaler else loss * scale).backward()
-    return loss.item(), int(batch["attention_mask"].sum())
+def _trainer(model, train: list[Example], val: list[Example], collate: Collate, cfg: FinetuneConfig, out: Path,
+             device: str, dtype: torch.dtype, progress: Progress | None):
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
+    sampler = LengthGrouped([len(e.prompt) for e in train], cfg.batch_size * cfg.grad_accum, cfg.seed)
 
-@torch.no_grad()
-def evaluate(model, examples: list[Example], batch_size: int, device: str) -> tuple[float, float]:
-    """(accuracy, mean loss), scored as the solver scores: the next-token logits at the
-    end of the prompt over the question's letters only, the top letter taken."""
-    model.eval()
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    correct, loss = 0, 0.0
-    for start in range(0, len(order), batch_size):
-        part = [examples[i] for i in order[start : start + batch_size]]
-        logits, targets = answer_logits(model, {k: v.to(device) for k, v in collate(part).items()})
-        loss += F.cross_entropy(logits, targets, reduction="sum").item()
-        correct += sum(int(row[e.letters_ids].argmax()) == e.answer_index for row, e in zip(logits, part))
-    model.train()
-    return correct / len(examples), loss / len(examples)
+    class AnswerTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, by_letter = answer_loss(model, inputs)
+            return (loss, {"logits": by_letter}) if return_outputs else loss
 
+        def _get_train_sampler(self, train_dataset=None):
+            return sampler
 
-def _save_dir(dest: Path, write: Callable[[Path], None]) -> None:
-    """Write a folder whole into a temporary one, then rename it over `dest`."""
-    tmp, old = dest.with_name(f".{dest.name}.tmp{os.getpid()}"), dest.with_name(f".{dest.name}.old{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
+    class Report(TrainerCallback):  # the library reports; the caller draws
+        def on_epoch_begin(self, args, state, control, **kw):
+            sampler.epoch = math.floor(state.epoch + 1e-6)  # a resumed run mid-epoch: that epoch's order
 
+        def on_step_end(self, args, state, control, **kw):
+            if progress:
+                progress("train", state.global_step, state.max_steps)
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    def accuracy(p) -> dict:
+        return {"accuracy": float((np.argmax(p.predictions, axis=1) == p.label_ids).mean())}
 
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(saved: dict) -> None:
-    torch.set_rng_state(saved["torch"])
-    random.setstate(saved["python"])
-    if saved["cuda"]:
-        torch.cuda.set_rng_state_all(saved["cuda"])
+    args = TrainingArguments(
+        output_dir=str(out / "trainer"), seed=cfg.seed, data_seed=cfg.seed,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=2 * cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs,
+        learning_rate=cfg.lr, weight_decay=cfg.weight_decay, lr_scheduler_type="linear", warmup_steps=cfg.warmup,
+        eval_strategy="steps", eval_steps=cfg.eval_every, save_strategy="steps", save_steps=cfg.eval_every,
+        save_total_limit=2,  # the last checkpoint (to resume) and the best (kept by load_best_model_at_end)
+        load_best_model_at_end=True, metric_for_best_model="accuracy", greater_is_better=True,
+        logging_steps=cfg.eval_every, report_to=[], disable_tqdm=True, log_level="error",
+        label_names=["answer"], remove_unused_columns=False,
+        use_cpu=device == "cpu", fp16=dtype == torch.float16, dataloader_num_workers=0,
+    )
+    trainer = AnswerTrainer(model=model, args=args, train_dataset=items(train), eval_dataset=items(val), data_collator=collate,
+                            compute_metrics=accuracy, callbacks=[Report()])
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict; the summary has the history
+    return trainer
 
 
 def _prior_run(out: Path, fp: str) -> dict | None:
-    """The finished summary of this very run in `out`, None for a new or resumable one;
+    """What `out/run.json` says of this very run (finished, or started), None for a new one;
     refuses a folder that holds anything else."""
     try:
         prior = json.loads((out / "run.json").read_text(encoding="utf-8"))
@@ -150,158 +227,91 @@ def _prior_run(out: Path, fp: str) -> dict | None:
         return None
     if prior.get("fingerprint") != fp:
         raise UserError(f"{out}: holds a different run (other data or config); choose another --out or remove it")
-    return prior if prior.get("finished") else None
+    return prior
 
 
-def merge(path: str, adapter: Path, dest: Path) -> None:
-    """The base with the adapter merged in, as a plain HF folder (safetensors + tokenizer)
-    that vLLM and transformers load like any other; the base's own dtype is kept."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    base = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
-    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
-
-    def write(tmp: Path) -> None:
-        merged.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(path).save_pretrained(tmp)
-
-    _save_dir(dest, write)
+def _history(log: list[dict], base: dict) -> list[dict]:
+    """Step 0 (the base model), then each validation with the training loss logged at its step."""
+    losses = {e["step"]: e["loss"] for e in log if "loss" in e}
+    return [base] + [{"step": e["step"], "train_loss": losses.get(e["step"]), "val_accuracy": e["eval_accuracy"],
+                      "val_loss": e["eval_loss"]} for e in log if "eval_accuracy" in e]
 
 
-def _schedule(train: list[Example], cfg: FinetuneConfig) -> list[list[int]]:
-    """The whole run's micro-batches, epoch after epoch (a fraction of the last one too)."""
-    steps = max(1, math.ceil(cfg.epochs * math.ceil(len(train) / cfg.batch_size) / cfg.grad_accum))
-    schedule, epoch = [], 0
-    while len(schedule) < steps * cfg.grad_accum:
-        schedule += batch_order([len(e.input_ids) for e in train], cfg.batch_size, cfg.seed, epoch)
-        epoch += 1
-    return schedule[: steps * cfg.grad_accum]
-
-
-def _train(model, train: list[Example], val: list[Example], cfg: FinetuneConfig, out: Path, fp: str,
-           device: str, dtype: torch.dtype, quiet: bool) -> dict:
-    """The loop, from out/checkpoint.pt when it holds this run; the run's state at the end:
-    step, best, history (step 0: the base model), training seconds and tokens."""
-    from transformers import get_linear_schedule_with_warmup
-
-    schedule = _schedule(train, cfg)
-    steps = len(schedule) // cfg.grad_accum
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup * steps), steps)
-    scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)  # float16 only: a GPU without bf16
-    eval_batch = 2 * cfg.batch_size  # no activations kept for backward
-    ckpt = out / "checkpoint.pt"
-
-    def checkpoint() -> None:
-        adapter = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-        _save_checkpoint(ckpt, {"fingerprint": fp, "adapter": adapter, "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(), **run})
-
-    saved = torch.load(ckpt, map_location="cpu", weights_only=True) if ckpt.is_file() else None
-    if saved and saved["fingerprint"] == fp:
-        model.load_state_dict(saved["adapter"], strict=False)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved.get("scaler") or {})
-        _set_rng_state(saved["rng"])
-        run = {k: saved[k] for k in ("step", "best", "history", "seconds", "tokens")}
-    else:
-        acc, loss = evaluate(model, val, eval_batch, device)  # the base model, for comparison
-        run = {"step": 0, "best": None, "seconds": 0.0, "tokens": 0,
-               "history": [{"step": 0, "train_loss": None, "val_accuracy": acc, "val_loss": loss, "seconds": 0.0}]}
-        checkpoint()
-
-    window: list[float] = []  # micro-batch losses since the last validation
-
-    def describe() -> str:
-        last = run["history"][-1]
-        loss = np.mean(window) if window else last["train_loss"]
-        return f"loss {'--' if loss is None else f'{loss:.3f}'} · val acc {last['val_accuracy']:.3f}"
-
-    sizes = [len(b) for b in schedule]
-    start = run["step"] * cfg.grad_accum
-    model.train()
-    with progress_bar("ex", disable=quiet) as bar:
-        task = bar.add_task(describe(), total=sum(sizes), completed=sum(sizes[:start]))
-        for i in range(start, len(schedule)):
-            t0 = time.perf_counter()
-            loss, tokens = train_batch(model, [train[j] for j in schedule[i]], device, 1 / cfg.grad_accum, scaler)
-            stepped = (i + 1) % cfg.grad_accum == 0
-            if stepped:
-                scaler.step(optimizer)  # skipped when float16 gradients overflowed
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                run["step"] += 1
-            run["seconds"] += time.perf_counter() - t0
-            run["tokens"] += tokens
-            window.append(loss)
-            bar.update(task, advance=sizes[i], description=describe())
-            if stepped and (run["step"] % cfg.eval_every == 0 or run["step"] == steps):
-                acc, vloss = evaluate(model, val, eval_batch, device)
-                run["history"].append({"step": run["step"], "train_loss": float(np.mean(window)),
-                                       "val_accuracy": acc, "val_loss": vloss, "seconds": round(run["seconds"], 3)})
-                window.clear()
-                best = run["best"]
-                if best is None or (acc, -vloss) > (best["val_accuracy"], -best["val_loss"]):
-                    _save_dir(out / "adapter", model.save_pretrained)
-                    run["best"] = {"step": run["step"], "val_accuracy": acc, "val_loss": vloss}
-                checkpoint()
-                bar.update(task, description=describe())
-                if not quiet:  # a line per validation, also where the bar cannot redraw (a log file)
-                    bar.console.print(f"step {run['step']}/{steps}: {describe()} "
-                                      f"({run['tokens'] / max(run['seconds'], 1e-9):.0f} tokens/s)", highlight=False)
-    return run | {"steps": steps}
-
-
-def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig, quiet: bool = False) -> dict:
+def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig, progress: Progress | None = None) -> dict:
     """Train a LoRA adapter on `data`'s labelled questions into `out`; the run summary.
 
-    Writes out/adapter (the best by validation accuracy, ties to the lower loss; the base
-    model at step 0 is a reference, not a candidate), out/merged (if cfg.merge),
-    out/checkpoint.pt (the resume point) and out/run.json (the summary).
+    Writes out/adapter (the best by validation accuracy; the base model at step 0 is a
+    reference, not a candidate), out/merged (if cfg.merge), out/trainer (checkpoints,
+    the resume point) and out/run.json (the summary). `progress(stage, done, total)` is
+    called as the activation cache fills ("cache") and as training steps ("train").
     """
+    from transformers.trainer_utils import get_last_checkpoint
+
     data, out = Path(data), Path(out)
     path = resolve_model(cfg.model)
     train_q, val_q = load_splits(data, cfg)
     data_sha = sha256_file(data)
     fp = fingerprint(data_sha, cfg)
     prior = _prior_run(out, fp)
-    if prior:
+    if prior and prior.get("finished"):
         return prior
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "run.json", json.dumps({"fingerprint": fp, "finished": False}) + "\n")
 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = pick_dtype(cfg.dtype, device)
-    tokenizer, model = load_model(path, cfg, device, dtype)
+    tokenizer, model, start, cache_layer = load_model(path, cfg, device, dtype)
+    out.mkdir(parents=True, exist_ok=True)
+    if not prior:
+        atomic_write(out / "run.json", json.dumps({"fingerprint": fp, "finished": False}) + "\n")
+    n_layers = len(decoder_layers(model.get_base_model()))
     shots = retrieved_shots(data, train_q + val_q, cfg) if cfg.retrieval else None
     train, train_too_long = build_examples(train_q, tokenizer, cfg.max_len, shots)
     val, val_too_long = build_examples(val_q, tokenizer, cfg.max_len, shots)
     if not train or not val:
         which = "training" if not train else "validation"
         raise DataError(f"{data}: every {which} question overflows max_len {cfg.max_len}, even with its text cut")
-    run = _train(model, train, val, cfg, out, fp, device, dtype, quiet)
-    del model  # the merge loads a fresh base
+
+    cache, cached = None, {"prompts": 0, "tokens": 0, "seconds": 0.0}
+    if cache_layer:
+        hidden = model.get_base_model().config.hidden_size
+        cache = ActivationCache(ACTIVATIONS, model_identity(path), cache_layer, dtype, hidden)
+        t0 = time.perf_counter()
+        with model.disable_adapter():  # what enters the cached layer does not depend on the adapter
+            todo = cache.fill(model.get_base_model(), [e.prompt for e in train + val],
+                              lambda done, total: progress and progress("cache", done, total))
+        cached = {"prompts": len(todo), "tokens": sum(len((train + val)[i].prompt) for i in todo),
+                  "seconds": round(time.perf_counter() - t0, 3)}
+    trainer = _trainer(model, train, val, Collate(cache), cfg, out, device, dtype, progress)
+    base_file = out / "base.json"  # the base model's validation, once
+    if not base_file.is_file():
+        m = trainer.evaluate()
+        atomic_write(base_file, json.dumps({"step": 0, "train_loss": None, "val_accuracy": m["eval_accuracy"],
+                                            "val_loss": m["eval_loss"]}) + "\n")
+    base = json.loads(base_file.read_text())
+    checkpoint = get_last_checkpoint(str(out / "trainer")) if (out / "trainer").is_dir() else None
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    atomic_dir(out / "adapter", trainer.model.save_pretrained)  # the best checkpoint's adapter
+    state = trainer.state
+    history = _history(state.log_history, base)
+    best = next((h for h in history[1:] if h["step"] == int(Path(state.best_model_checkpoint).name.split("-")[-1])), history[-1])
+    del model, trainer  # the merge loads a fresh base
     if cfg.merge:
-        merge(path, out / "adapter", out / "merged")
-    base, best = run["history"][0], run["best"]
+        merge_adapter(path, out / "adapter", out / "merged")
+    tokens = sum(len(e.prompt) for e in train)
     summary = {
         "fingerprint": fp, "finished": True, "base_model": cfg.model, "model_path": path,
         "data": str(data), "data_sha256": data_sha, "config": cfg.model_dump(), "device": device,
-        "dtype": str(dtype).removeprefix("torch."), "n_train": len(train), "n_val": len(val),
-        "dropped_too_long": {"train": train_too_long, "val": val_too_long}, "steps": run["steps"],
-        "train_seconds": round(run["seconds"], 3), "train_tokens": run["tokens"],
-        "train_tokens_per_s": round(run["tokens"] / run["seconds"], 1) if run["seconds"] else None,
+        "dtype": str(dtype).removeprefix("torch."), "layers_trained": n_layers - start, "layers": n_layers,
+        "cache_layer": cache_layer or None, "n_train": len(train), "n_val": len(val),
+        "dropped_too_long": {"train": train_too_long, "val": val_too_long}, "steps": state.max_steps,
+        "cache_filled": cached, "train_seconds": round(result.metrics["train_runtime"], 3), "resumed": checkpoint is not None,
+        "train_tokens_per_s": None if checkpoint else round(tokens * cfg.epochs / result.metrics["train_runtime"], 1),
         "base_val_accuracy": base["val_accuracy"], "base_val_loss": base["val_loss"],
         "best_step": best["step"], "best_val_accuracy": best["val_accuracy"], "best_val_loss": best["val_loss"],
-        "history": run["history"], "adapter": str(out / "adapter"),
-        "merged": str(out / "merged") if cfg.merge else None,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "history": history, "adapter": str(out / "adapter"), "merged": str(out / "merged") if cfg.merge else None,
     }
     atomic_write(out / "run.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -22,7 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from index.cli import app as index_app  # noqa: E402
 from solver.backbone import run_dtype  # noqa: E402
 from solver.config import load_config  # noqa: E402
-from solver.console import chatter_to_log, err, fail, log_note, out, reported, skipped_note  # noqa: E402
+from solver.console import chatter_to_log, err, fail, log_note, out, progress_bar, reported, skipped_note  # noqa: E402
 from solver.data import load_questions, split_of  # noqa: E402
 from solver.journal import Journal, atomic_write, submission_csv, traces_jsonl  # noqa: E402
 from solver.hardware import machine  # noqa: E402
@@ -161,11 +161,20 @@ def finetune(
     """LoRA-finetune the answer model on the solver's own prompts (loss on the answer only);
     skips a run already done, resumes an interrupted one."""
     with chatter_to_log(verbose):
-        with reported(f"the last validation's checkpoint is in {run_dir / 'checkpoint.pt'}"):
+        with reported(f"the last validation's checkpoint is in {run_dir / 'trainer'}"):
             from finetune.config import FinetuneConfig
             from finetune.train import finetune as train
 
-            summary = train(data, run_dir, load_config(config, FinetuneConfig), quiet=quiet)
+            with progress_bar("it", disable=quiet) as bar:
+                tasks: dict[str, int] = {}
+
+                def progress(stage: str, done: int, total: int) -> None:
+                    if stage not in tasks:
+                        what = "frozen layers, once a prompt" if stage == "cache" else "training steps"
+                        tasks[stage] = bar.add_task(what, total=total)
+                    bar.update(tasks[stage], completed=done, total=total)
+
+                summary = train(data, run_dir, load_config(config, FinetuneConfig), progress=progress)
         merged = f"; merged model: {run_dir / 'merged'}" if (run_dir / "merged" / "config.json").is_file() else ""
         out.print(f"adapter: {run_dir / 'adapter'}{merged}; validation accuracy {summary['base_val_accuracy']:.4f} (base) -> "
                   f"{summary['best_val_accuracy']:.4f} at step {summary['best_step']}/{summary['steps']} "

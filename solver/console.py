@@ -18,7 +18,8 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.text import Text
 
 from solver.backbone import BackboneError
@@ -92,8 +93,9 @@ class RateColumn(ProgressColumn):
 
 
 def progress_bar(unit: str, disable: bool = False, console: Console | None = None) -> Progress:
-    """The one progress bar: description, bar, done/total, rate, elapsed (on stderr)."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit), TimeElapsedColumn())
+    """The one progress bar: description, bar, done/total, rate, elapsed, time left (on stderr)."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit), TimeElapsedColumn(),
+               TimeRemainingColumn())
     return Progress(*columns, console=console or err, disable=disable, transient=False)
 
 

@@ -36,6 +36,21 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def atomic_dir(dest: Path, write) -> None:
+    """Write a folder whole into a temporary one (`write(tmp)`), then rename it over `dest`:
+    a reader sees the old folder or the new one, never half of either."""
+    import shutil
+
+    dest = Path(dest)
+    tmp, old = dest.with_name(f".{dest.name}.tmp{os.getpid()}"), dest.with_name(f".{dest.name}.old{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 class Journal:
     def __init__(self, path: Path, fingerprint: str):
         self.path = Path(path)

@@ -13,7 +13,7 @@ CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_loads(path: Path):
-    if path.stem == "finetune":
+    if path.stem == "finetune" or path.stem.startswith("finetune-"):
         from finetune.config import FinetuneConfig
 
         load_config(path, FinetuneConfig)
