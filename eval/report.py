@@ -22,7 +22,7 @@ def backbone_pair(bcfg):
     from solver.backbone import CachedBackbone, make_backbone, run_dtype
 
     raw = make_backbone(bcfg)
-    answers = bcfg.model_dump(include={"model", "tokenizer", "lora", "max_model_len"}) | {"dtype": run_dtype(bcfg)}  # what sets an answer
+    answers = bcfg.model_dump(include={"model", "tokenizer", "lora", "merge_lora", "max_model_len"}) | {"dtype": run_dtype(bcfg)}  # what sets an answer
     answers["model"] = os.path.expanduser(answers["model"])  # one cache, however the path was spelt
     key = CachedBackbone.key(str(answers), [])[:12]
     return raw, CachedBackbone(raw, ROOT / ".cache" / "llm" / f"{Path(bcfg.model).stem}-{key}.jsonl")

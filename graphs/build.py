@@ -94,8 +94,8 @@ class GraphRunner:
         order to estimate the priors), added to that question's cost."""
         handlers = {label: (lambda reqs, bb=bb: bb.achoose([p for p, _ in reqs], [o for _, o in reqs]))
                     for label, bb in backbones.items()}
-        if index is not None:  # neighbours serve only the re-answer: without it, no embedding at all
-            k = cfg.retrieve.k if cfg.reanswer.enabled else 0
+        if index is not None:  # neighbours serve the re-answer and answer.shots: without them, no embedding at all
+            k = max(cfg.retrieve.k if cfg.reanswer.enabled else 0, cfg.answer.shots)
             handlers["index"] = lambda qs: index.query(qs, k=k, min_score=cfg.retrieve.min_score)
         if cfg.execute.enabled:  # the sandbox's runs, in a thread: LLM calls of the same step overlap them
             handlers["execute"] = lambda jobs: asyncio.to_thread(run_jobs, jobs, cfg.execute)

@@ -3,7 +3,8 @@
 retrieve: the exact-duplicate shortcut and the nearest solved questions (no LLM).
 execute:  the question's code run in the sandbox: the options the run is consistent with (no LLM).
 answer:   one voter's probabilities: one backbone, one option order (fanned out by Send),
-          without the backbone's position prior where `vote.debias` estimated one.
+          without the backbone's position prior where `vote.debias` estimated one; after
+          `answer.shots` solved neighbours as worked examples, if set.
 vote:     the voters' probabilities combined by `vote.rule` (graphs/vote.py).
 verify:   P(TRUE) that the current answer is right, from the logprobs of TRUE/FALSE.
 reanswer: answer again after solved neighbours as worked examples, without the option
@@ -56,12 +57,16 @@ def make_nodes(cfg, backbones: dict, batcher, index=None, priors: dict | None = 
         bb = backbones[label]
         return answer_prompt(_view(q, order), bb.tokenizer, bb.max_model_len, examples)
 
+    def examples_for(s, k: int) -> list[Question]:
+        """The k nearest solved neighbours at or above retrieve.min_score, nearest first."""
+        return [index.get(n["task_id"]) for n in s.get("neighbors") or [] if n["score"] >= cfg.retrieve.min_score][:k]
+
     async def answer(s):
         q, v = s["question"], s["voter"]
         order = option_order(len(q.choices), v["order"], q.task_id)
         vote = {"voter": f"{v['backbone']}@{v['order']}", "probs": None}
         try:
-            prompt = prompt_for(v["backbone"], q, order)
+            prompt = prompt_for(v["backbone"], q, order, examples_for(s, cfg.answer.shots))
             (r,) = await batcher.submit(v["backbone"], [(prompt.text, q.letters)])
         except PromptTooLong as e:
             return {"votes": [vote | {"unread": str(e)}]}
@@ -142,8 +147,7 @@ def make_nodes(cfg, backbones: dict, batcher, index=None, priors: dict | None = 
         keep = [i for i, letter in enumerate(q.letters) if letter not in rejected]
         examples = []
         if has_examples(s, cfg):
-            examples = [index.get(n["task_id"]) for n in s["neighbors"] if n["score"] >= cfg.retrieve.min_score]
-            examples = examples[: cfg.retrieve.k]
+            examples = examples_for(s, cfg.retrieve.k)
         before = top_letter(current(s, cfg))
         step = {"step": "reanswer", "examples": [e.task_id for e in examples], "removed": sorted(rejected)}
         calls = tokens = 0

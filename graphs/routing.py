@@ -34,7 +34,8 @@ def voters(cfg: SolverConfig) -> list[dict]:
 
 def fan_out(s: dict, cfg: SolverConfig) -> list[Send]:
     """One `answer` per voter, run side by side (LangGraph Send); `vote` gathers them."""
-    return [Send(ANSWER, {"question": s["question"], "voter": v}) for v in voters(cfg)]
+    return [Send(ANSWER, {"question": s["question"], "voter": v, "neighbors": s.get("neighbors") or []})
+            for v in voters(cfg)]
 
 
 def has_examples(s: dict, cfg: SolverConfig) -> bool:

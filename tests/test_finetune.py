@@ -7,7 +7,9 @@ machine that runs these is small and shared.
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -238,8 +240,6 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert whole["steps"] == 2 and [h["step"] for h in whole["history"]] == [0, 1, 2]
     out = tmp_path / "killed"
     finetune(SAMPLE, out, cfg)
-    import shutil
-
     shutil.rmtree(out / "trainer" / "checkpoint-2")
     shutil.rmtree(out / "adapter")
     (out / "run.json").write_text(json.dumps({"fingerprint": whole["fingerprint"], "finished": False}))
@@ -316,10 +316,10 @@ solver.close()
 
 def test_vllm_answers_with_a_top_layers_adapter_in_process_through_a_server_and_merged(trained, questions, engine_solver):
     """An adapter on the top 4 layers only (vLLM applies no LoRA where it has none): the
-    in-process engine with `lora`, a server with base + adapter and the merged folder as
-    the model give the same answers, and not the base's. Real vLLM servers, and the
-    in-process engine in its own process: a second in-process engine here, once closed,
-    would tear down the parallel state the session's engine shares."""
+    in-process engine with `lora`, a server with base + adapter and a server of the base
+    with the adapter merged in (`merge_lora`) give the same answers, and not the base's.
+    Real vLLM servers, and the in-process engine in its own process: a second in-process
+    engine here, once closed, would tear down the parallel state the session's engine shares."""
     import subprocess
     import sys
 
@@ -334,7 +334,8 @@ def test_vllm_answers_with_a_top_layers_adapter_in_process_through_a_server_and_
 
     qs = questions[:12]
     probs = {"base": engine_solver.solve_batch(qs)}
-    for name, bb in {"merged": {"model": str(trained / "merged")}, "adapter": {"lora": str(trained / "adapter")}}.items():
+    merged = {"lora": str(trained / "adapter"), "merge_lora": True}  # what configs/finetuned.yaml does on a CPU
+    for name, bb in {"merged": merged, "adapter": {"lora": str(trained / "adapter")}}.items():
         proc, url = start_server(BackboneConfig(**SMALL | bb))
         solver = None
         try:
@@ -363,3 +364,20 @@ def test_vllm_answers_with_a_top_layers_adapter_in_process_through_a_server_and_
     assert seen["merged~adapter"] < 0.02 and seen["merged~base"] > 4 * seen["merged~adapter"], seen
     assert seen["in-process~server"] < 0.02, seen
     assert same >= len(qs) - 1, seen
+
+
+def test_a_merged_adapter_is_made_once_and_keyed_by_its_bytes(trained, tmp_path, monkeypatch):
+    from solver.models import merged_model
+
+    monkeypatch.setenv("CODEMCQ_CACHE", str(tmp_path / "models"))
+    base = resolve_model("smollm2-135m-instruct")
+    first = merged_model(base, str(trained / "adapter"))
+    stamp = (Path(first) / "model.safetensors").stat().st_mtime_ns
+    assert merged_model(base, str(trained / "adapter")) == first  # cached: not merged again
+    assert (Path(first) / "model.safetensors").stat().st_mtime_ns == stamp
+    other = tmp_path / "other"
+    shutil.copytree(trained / "adapter", other)
+    (other / "adapter_config.json").write_text((other / "adapter_config.json").read_text().replace('"lora_alpha": 32', '"lora_alpha": 16'))
+    assert merged_model(base, str(other)) != first  # other bytes, another folder
+    with pytest.raises(UserError, match=f"lora '{tmp_path}': no adapter_config.json"):
+        merged_model(base, str(tmp_path))

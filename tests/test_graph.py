@@ -49,6 +49,27 @@ def test_graph_end_to_end(engine_solver, sample_index):
     assert [(p.letter, p.probabilities) for p in again] == [(p.letter, p.probabilities) for p in preds]
 
 
+def test_answer_with_retrieved_examples(engine_solver, sample_index):
+    """answer.shots: every answer prompt carries the question's nearest solved neighbours
+    (as a finetune with retrieval trains on), so it costs more tokens and answers otherwise;
+    a neighbour below retrieve.min_score is never an example."""
+    base = {"backbone": SMALL, "graph": {"enabled": True},
+            "retrieve": {"enabled": True, "index": str(sample_index), "duplicates": False, "min_score": 0.0}}
+    questions = load_questions(SAMPLE, labelled=True).questions[20:26]
+
+    def run(extra):
+        preds = Solver(SolverConfig.model_validate(base | extra), backbone=engine_solver.backbone).solve_batch(questions)
+        assert all(p.letter in q.letters for p, q in zip(preds, questions))
+        return preds
+
+    plain, shots = run({}), run({"answer": {"shots": 2}})
+    tokens = [(p.trace[-1]["tokens"], s.trace[-1]["tokens"]) for p, s in zip(plain, shots)]
+    assert all(t_shots > 2 * t_plain for t_plain, t_shots in tokens), tokens
+    assert [p.probabilities for p in plain] != [s.probabilities for s in shots]
+    none_close = run({"answer": {"shots": 2}, "retrieve": base["retrieve"] | {"min_score": 1.01}})
+    assert [p.trace[-1]["tokens"] for p in none_close] == [t for t, _ in tokens]
+
+
 def test_debiased_pool_vote_on_the_engine(engine_solver):
     """vote.debias (source run): a seeded share of the batch answered in every cyclic order
     gives the backbone's position prior, which every answer is divided by, and those
