@@ -100,7 +100,7 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
 
         def forward_step(batch, model=model):
-            with torch.no_grad():
+            with torch.no_grad(), model.disable_adapter():  # the base alone: an inference pass
                 answer_logits(model, batch)
 
         model.train(variant != "forward")

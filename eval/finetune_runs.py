@@ -66,16 +66,22 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"cpu": cpu(), "config": args.config, "data": Path(args.data).name}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    lines = [f"Machine: {meta['cpu']}; config {args.config}; dtype {rows[0]['dtype']}.", "",
-             "| variant | layers trained | n_train | epochs | val acc base -> best (step) | cache: prompts, s, tok/s "
+    out.with_suffix(".md").write_text(table(meta, rows))
+    print(table(meta, rows))
+
+
+def table(meta: dict, rows: list[dict]) -> str:
+    lines = [f"Machine: {meta['cpu']}; config {meta['config']}; dtype {rows[0]['dtype']}. Validation: the first "
+             f"{rows[0]['n_val']} questions of split dev that fit, single pass, one order.", "",
+             "| variant | layers trained | n_train | epochs | val acc base -> best (step) | cache pass: prompts, s, tok/s "
              "| train s | train tok/s | peak RSS MB |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
+        cache = (f"{r['cache_prompts']}, {r['cache_s']:.0f}, {r['cache_tok_s']}" if r["cache_prompts"]
+                 else "none (already cached)")
         lines.append(f"| {r['name']} ({r['overrides']}) | {r['layers']} | {r['n_train']} | {r['epochs']} | "
-                     f"{r['base_val']:.3f} -> {r['best_val']:.3f} ({r['best_step']}/{r['steps']}) | "
-                     f"{r['cache_prompts']}, {r['cache_s']:.0f}, {r['cache_tok_s']} | {r['train_s']:.0f} | "
-                     f"{r['train_tok_s']} | {r['peak_rss_mb']} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+                     f"{r['base_val']:.3f} -> {r['best_val']:.3f} ({r['best_step']}/{r['steps']}) | {cache} | "
+                     f"{r['train_s']:.0f} | {r['train_tok_s']} | {r['peak_rss_mb']} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

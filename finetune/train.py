@@ -93,8 +93,8 @@ def load_model(path: str, cfg: FinetuneConfig, device: str, dtype: torch.dtype):
 
 
 def items(examples: list[Example]) -> list[dict]:
-    """A dataset for the Trainer: each example with its token ids (the length-grouped sampler reads their length)."""
-    return [{"input_ids": e.prompt, "example": e} for e in examples]
+    """A dataset for the Trainer (its items are what `Collate` receives)."""
+    return [{"example": e} for e in examples]
 
 
 class Collate:
