@@ -20,7 +20,7 @@ from unittest.mock import patch  # patch.dict: environment variables set for one
 
 from solver.config import BackboneConfig
 from solver.hardware import available_gb, cpu_engine_env, cpu_has_bf16, cuda_capability, kv_cache_gb, pick_dtype
-from solver.models import ModelError, merged_model, resolve_model
+from solver.models import adapter_config, merged_model, resolve_model
 
 MAX_LOGPROBS = 32  # at least 26 letters; what the engine is started to allow
 
@@ -93,10 +93,7 @@ def model_and_adapter(cfg: BackboneConfig) -> tuple[str, str | None]:
 
 def lora_rank(adapter: str) -> int:
     """The rank vLLM must be started for: the adapter's, rounded up to one vLLM supports."""
-    config = Path(adapter) / "adapter_config.json"
-    if not config.is_file():
-        raise ModelError(f"lora '{adapter}': no adapter_config.json (a folder saved by peft)")
-    r = json.loads(config.read_text())["r"]
+    r = adapter_config(adapter)["r"]
     return next(x for x in (8, 16, 32, 64, 128, 256, 320, 512) if x >= r)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 from pathlib import Path
@@ -85,12 +86,19 @@ def merge_adapter(base: str, adapter: str | Path, dest: Path) -> None:
     atomic_dir(dest, write)
 
 
+def adapter_config(adapter: str | Path) -> dict:
+    """A peft adapter folder's adapter_config.json, or one line saying it is not one."""
+    config = Path(adapter) / "adapter_config.json"
+    if not config.is_file():
+        raise ModelError(f"lora '{adapter}': no adapter_config.json (a folder saved by peft)")
+    return json.loads(config.read_text())
+
+
 def merged_model(base: str, adapter: str) -> str:
     """The cached merge of `adapter` into the resolved `base`, made once: keyed by the base's
     path and the adapter's bytes, so a retrained adapter gets a new folder."""
+    adapter_config(adapter)
     folder = Path(adapter)
-    if not (folder / "adapter_config.json").is_file():
-        raise ModelError(f"lora '{adapter}': no adapter_config.json (a folder saved by peft)")
     key = hashlib.sha256(" ".join([base] + [sha256_file(f) for f in sorted(folder.glob("adapter_*"))]).encode())
     out = cache_dir() / f"{Path(base).name}+{folder.resolve().name}-{key.hexdigest()[:12]}"
     if not (out / "config.json").is_file():
