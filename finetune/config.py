@@ -26,6 +26,7 @@ class FinetuneConfig(Strict):
     gpu_layers: int | None = Field(None, gt=0)  # the same on a CUDA GPU (null: full LoRA, affordable there)
     cache_layer: int | None = Field(None, ge=0)  # cache the input of this layer instead of the first trained one
     # (lower: one cache serves several `layers`; the layers between run frozen each step)
+    loss: Literal["vocab", "letters"] = "vocab"  # the answer letter against the whole vocabulary or only the options' letters
     # Optimisation: AdamW on the adapter, linear warmup then linear decay to 0
     epochs: float = Field(1.0, gt=0)  # fractions allowed: 0.5 is half the batches of one epoch
     lr: float = 2e-4

@@ -161,13 +161,17 @@ def answer_logits(model, batch: dict) -> torch.Tensor:
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
-def answer_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cross-entropy of the answer letter's token over the whole vocabulary, as the full
-    causal-LM loss on that one label; each option letter's logit, -inf past the options)."""
+def answer_loss(model, batch: dict, over: str = "vocab") -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy of the answer letter's token; each option letter's logit, -inf past the
+    options). `vocab`: over the whole vocabulary, the causal-LM loss on that one label;
+    `letters`: over the question's option letters only, the choice the solver makes (it
+    renormalises over them), so no gradient goes to moving mass onto letter tokens."""
     logits = answer_logits(model, batch)
     letters = batch["letters"]
-    target = letters.gather(1, batch["answer"][:, None])[:, 0]
     by_letter = logits.gather(1, letters.clamp(min=0)).masked_fill(letters < 0, float("-inf"))
+    if over == "letters":
+        return F.cross_entropy(by_letter, batch["answer"]), by_letter
+    target = letters.gather(1, batch["answer"][:, None])[:, 0]
     return F.cross_entropy(logits, target), by_letter
 
 
@@ -179,7 +183,7 @@ def _trainer(model, train: list[Example], val: list[Example], collate: Collate, 
 
     class AnswerTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss, by_letter = answer_loss(model, inputs)
+            loss, by_letter = answer_loss(model, inputs, cfg.loss)
             return (loss, {"logits": by_letter}) if return_outputs else loss
 
         def _get_train_sampler(self, train_dataset=None):

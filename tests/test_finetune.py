@@ -98,9 +98,15 @@ def test_answer_position_loss_equals_full_logits_loss(tokenizer, questions):
         labels[i, n] = e.letters_ids[e.answer_index]
     with torch.no_grad():
         ours = answer_loss(model, batch)[0].item()
-        reference = model(input_ids=ids, attention_mask=(labels != -100).cumsum(1).eq(0).long() + (labels != -100).long(),
-                          labels=labels).loss.item()
-    assert abs(ours - reference) < 1e-4, (ours, reference)
+        full = model(input_ids=ids, attention_mask=(labels != -100).cumsum(1).eq(0).long() + (labels != -100).long(),
+                     labels=labels)
+        # loss: letters is the same label against the option letters' logits only
+        choice = torch.stack([full.logits[i, len(e.prompt) - 1, e.letters_ids].float().log_softmax(0)[e.answer_index]
+                              for i, e in enumerate(examples)])
+        letters_only = answer_loss(model, batch, "letters")[0].item()
+    assert abs(ours - full.loss.item()) < 1e-4, (ours, full.loss.item())
+    assert abs(letters_only + choice.mean().item()) < 1e-4, (letters_only, -choice.mean().item())
+    assert letters_only < ours  # the letters' share of the vocabulary is below one
 
 
 # Loss and gradients of the cached path against the full forward, within (loss, gradients'
