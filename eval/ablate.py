@@ -1,7 +1,7 @@
 """Per-node ablation of the graph, for one or more models: tuned on train's dev split,
 reported on its test split.
 
-Usage: python eval/ablate.py --data ../shared/codemmlu-b6/train.csv --config configs/graph.yaml
+Usage: python eval/ablate.py --data TRAIN --config configs/graph.yaml
                              [--model SPEC ...] [--dev-n N] [--test-n N] [--time-n N] [--z 2.0] [--out DIR]
                              [--no-tune] [--rows "full - execute,..."]
 
@@ -31,7 +31,7 @@ import json
 import math
 from pathlib import Path
 
-from report import ROOT, backbone_pair, chart, dev_test, markdown, right, row, run
+from report import ROOT, backbone_pair, bench_file, chart, dev_test, markdown, right, row, run
 
 KMAX = 3  # the most worked examples a re-answer may get
 
@@ -198,7 +198,7 @@ def section(name, table, vs_base, n, time_n):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/codemmlu-b6/train.csv"))
+    ap.add_argument("--data", **bench_file())
     ap.add_argument("--config", default=str(ROOT / "configs/graph.yaml"))
     ap.add_argument("--model", action="append", default=None, help="a backbone.model to tune and report on (repeat)")
     ap.add_argument("--dev-n", type=int, default=None)
@@ -214,9 +214,9 @@ def main():
     import yaml
 
     from index.cached import cached_index
-    from solver.config import load_config
+    from solver.config import load_config, with_labelled
 
-    cfg = load_config(args.config)
+    cfg = with_labelled(load_config(args.config), args.data, held_out=True)[0]  # retrieval: split train only
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dev, test = dev_test(args.data, args.dev_n, args.test_n)

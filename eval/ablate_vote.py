@@ -1,6 +1,6 @@
 """Voting ablation: each backbone alone, each voting rule, with and without option-order voters.
 
-Usage: python eval/ablate_vote.py [--config configs/vote.yaml] [--data ../shared/codemmlu-b6/train.csv]
+Usage: python eval/ablate_vote.py [--config configs/vote.yaml] [--data TRAIN (default: $CODEMCQ_BENCH_DATA/train.csv)]
                                   [--orders 1,2,4] [--dev-n N] [--test-n N] [--time-n 64] [--out DIR]
 
 Every row runs the config's graph (its exact-duplicate shortcut included) and differs only
@@ -30,7 +30,7 @@ import itertools
 import json
 from pathlib import Path
 
-from report import ROOT, backbone_pair, chart, dev_test, markdown, right, row, run
+from report import ROOT, backbone_pair, bench_file, chart, dev_test, markdown, right, row, run
 
 RULES = {"mean": {"rule": "mean"}, "majority": {"rule": "majority"}, "weighted": {"rule": "weighted"},
          "pool": {"rule": "pool"}}  # pool: its weights are fitted on dev (the mean row's answers) in main()
@@ -76,7 +76,7 @@ def fitted_pool(cfg, mean_preds: dict, dev):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "configs/vote.yaml"))
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/codemmlu-b6/train.csv"))
+    ap.add_argument("--data", **bench_file())
     ap.add_argument("--orders", default="1,2,4")
     ap.add_argument("--dev-n", type=int, default=None)
     ap.add_argument("--test-n", type=int, default=None)
@@ -87,9 +87,9 @@ def main():
     import yaml
 
     from index.cached import cached_index
-    from solver.config import load_config
+    from solver.config import load_config, with_labelled
 
-    cfg = load_config(args.config)
+    cfg = with_labelled(load_config(args.config), args.data, held_out=True)[0]  # retrieval: split train only
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dev, test = dev_test(args.data, args.dev_n, args.test_n)

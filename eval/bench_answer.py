@@ -1,6 +1,6 @@
 """Single-pass answering speed: the solver against a per-question loop and the raw engine.
 
-Usage: python eval/bench_answer.py [--data ../shared/codemmlu-b6/train.csv] [--n 200]
+Usage: python eval/bench_answer.py [--data TRAIN (default: $CODEMCQ_BENCH_DATA/train.csv)] [--n 200]
                                    [--config configs/baseline.yaml] [--rounds 5]
 
 One engine, one process, the same 200 prompts for all three; the three are interleaved
@@ -32,6 +32,8 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 ROOT = Path(__file__).resolve().parents[1]
+
+from report import bench_file  # noqa: E402
 
 
 def prompt_flop(model_path: str, lengths: list[int]) -> tuple[float, int]:
@@ -73,7 +75,7 @@ def matmul_peak(dtype: str, shapes: list[tuple[int, int, int]], rounds: int = 10
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/codemmlu-b6/train.csv"))
+    ap.add_argument("--data", **bench_file())
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--config", default=str(ROOT / "configs/baseline.yaml"))
     ap.add_argument("--rounds", type=int, default=5)
@@ -84,7 +86,7 @@ def main():
 
     from solver.api import Solver
     from solver.backbone import MAX_LOGPROBS
-    from solver.config import load_config
+    from solver.config import load_config, with_labelled
     from solver.hardware import describe
     from solver.models import resolve_model
     from solver.data import load_questions
@@ -92,7 +94,7 @@ def main():
     from solver.prompts import answer_prompt
     from solver.runner import answer_all
 
-    cfg = load_config(args.config)
+    cfg = with_labelled(load_config(args.config), args.data, held_out=True)[0]  # retrieval: split train only
     questions = load_questions(args.data, labelled=True).questions[: args.n]
     solver = Solver(cfg)
     bb = solver.backbone

@@ -1,12 +1,12 @@
 """How much running the code settles, with no LLM: per language, on train.csv's hash splits.
 
-Usage: python eval/bench_execute.py [--data ../shared/codemmlu-b6/train.csv] [--split dev]
+Usage: python eval/bench_execute.py [--data TRAIN (default: $CODEMCQ_BENCH_DATA/train.csv)] [--split dev]
                                     [--workers 2] [--timeout 5]
 
 For every question graphs/execute.py can run (output prediction: the snippet once;
 completion with examples: each option's body against the docstring's examples;
 behaviour: the program compiled only), the
-programs run in the sandbox (solver/sandbox.py; runs cached in .cache/exec/), and what the
+programs run in the sandbox (solver/sandbox.py; runs cached in the cache root's exec/), and what the
 runs leave is compared with the label, per language and kind of evidence: runs, settled
 (exactly one option left), right (that option is the label), precision (right / settled),
 how often the label was among the options ruled out, and, where the runs narrow the
@@ -31,10 +31,12 @@ from solver.config import ExecuteConfig  # noqa: E402
 from solver.data import load_questions, split_of  # noqa: E402
 from solver.hardware import machine  # noqa: E402
 
+from report import bench_file  # noqa: E402
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/codemmlu-b6/train.csv"))
+    ap.add_argument("--data", **bench_file())
     ap.add_argument("--split", default="dev", help="dev, test, train or all")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=5.0)

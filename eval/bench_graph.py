@@ -1,6 +1,6 @@
 """Graph overhead: a full graph run against the same LLM calls issued as one batch per step.
 
-Usage: python eval/bench_graph.py [--config configs/graph.yaml] [--data ../shared/codemmlu-b6/train.csv]
+Usage: python eval/bench_graph.py [--config configs/graph.yaml] [--data TRAIN (default: $CODEMCQ_BENCH_DATA/train.csv)]
                                   [--n 128] [--rounds 3]
 
 The graph's batched calls are recorded on a first, unmeasured run (which also warms the
@@ -22,21 +22,23 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from report import bench_file  # noqa: E402
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "configs/graph.yaml"))
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/codemmlu-b6/train.csv"))
+    ap.add_argument("--data", **bench_file())
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
 
     from graphs.build import GraphRunner
     from solver.api import Solver
-    from solver.config import load_config
+    from solver.config import load_config, with_labelled
     from solver.data import load_questions, split_of
 
-    cfg = load_config(args.config)
+    cfg = with_labelled(load_config(args.config), args.data, held_out=True)[0]  # retrieval: split train only
     questions = [q for q in load_questions(args.data, labelled=True).questions if split_of(q.task_id) == "dev"][: args.n]
     solver = Solver(cfg)
     runner = solver.graph  # builds or loads the index
@@ -50,7 +52,7 @@ def main():
 
     def replay():
         for label, reqs in recorded:
-            solver.backbones[label].choose([p for p, _ in reqs], [o for _, o in reqs])
+            solver.backbones[label].choose([p for p, _, _ in reqs], [o for _, o, _ in reqs], [k for _, _, k in reqs])
 
     times = {"graph": [], "replay": []}
     for _ in range(args.rounds):

@@ -1,6 +1,6 @@
 """Retrieval index speed and recall: embedding throughput, build and query latency, flat vs IVF vs HNSW at scale.
 
-Usage: python eval/bench_index.py [--data ../shared/codemmlu-b6/train.csv] [--queries-from test.csv]
+Usage: python eval/bench_index.py [--data TRAIN (default: $CODEMCQ_BENCH_DATA/train.csv)] [--queries-from test.csv]
                                   [--n-embed 256] [--dtype auto|float32|bfloat16]
                                   [--scale 100000,1000000] [--dim 384] [--n-queries 1000]
                                   [--synthetic clustered|uniform|both] [--skip-embed] [--skip-train]
@@ -47,6 +47,8 @@ from index.embed import embed_texts, load_model, question_text  # noqa: E402
 from solver.hardware import cpu_has_bf16, describe, pick_dtype  # noqa: E402
 from index.store import DEFAULT_EF_SEARCH, DEFAULT_NPROBE, Index, ivf_nlist, make_index  # noqa: E402
 from solver.data import load_questions  # noqa: E402
+
+from report import bench_file  # noqa: E402
 
 
 def pct(xs, p):
@@ -224,8 +226,8 @@ def bench_scale(n: int, d: int, data_kind: str, n_queries: int) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/codemmlu-b6/train.csv"))
-    ap.add_argument("--queries-from", default=str(ROOT.parent / "shared/codemmlu-b6/test.csv"))
+    ap.add_argument("--data", **bench_file())
+    ap.add_argument("--queries-from", **bench_file("test.csv"))
     ap.add_argument("--n-embed", type=int, default=256, help="texts for the fp32/bf16 throughput comparison")
     ap.add_argument("--dtype", default="auto", help="dtype of the train build: auto (bf16 where native), float32, bfloat16")
     ap.add_argument("--n-single", type=int, default=100, help="single questions timed in the train part")

@@ -52,7 +52,7 @@ def main():
         cfg_file.write_text(yaml.safe_dump(cfg))
         print(f"{name}: {overrides or 'the config'}", flush=True)
         subprocess.run([sys.executable, "-m", "solver.cli", "finetune", "-q", "--config", str(cfg_file),
-                        "--data", args.data, "--out", str(run)], cwd=ROOT, check=True)
+                        "--labelled", args.data, "--out", str(run)], cwd=ROOT, check=True)
         s = json.loads((run / "run.json").read_text())
         c = s["cache_filled"]
         rows.append({"name": name, "overrides": overrides, "layers": f"{s['layers_trained']}/{s['layers']}",

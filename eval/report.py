@@ -11,6 +11,13 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench_file(name: str = "train.csv") -> dict:
+    """argparse keywords for a benchmark data file: by default NAME in the folder that
+    `CODEMCQ_BENCH_DATA` names (`make bench` and `make test` set it), else required."""
+    folder = os.environ.get("CODEMCQ_BENCH_DATA")
+    return {"default": str(Path(folder) / name)} if folder else {"required": True}
 HEADER = ["| configuration | accuracy [95% CI] | R->W / W->R flips | LLM prompts/q | prompt tokens/q | sandboxed runs/q | s/q |",
           "| --- | --- | --- | --- | --- | --- | --- |"]
 
@@ -20,12 +27,13 @@ def backbone_pair(bcfg):
     temperature 0 the same prompt gets the same answer, and ablations ask the same prompts
     under many configs: each is sent once, whichever script asks first."""
     from solver.backbone import CachedBackbone, make_backbone, run_dtype
+    from solver.cache import cache_path
 
     raw = make_backbone(bcfg)
     answers = bcfg.model_dump(include={"model", "tokenizer", "lora", "merge_lora", "max_model_len"}) | {"dtype": run_dtype(bcfg)}  # what sets an answer
     answers["model"] = os.path.expanduser(answers["model"])  # one cache, however the path was spelt
     key = CachedBackbone.key(str(answers), [])[:12]
-    return raw, CachedBackbone(raw, ROOT / ".cache" / "llm" / f"{Path(bcfg.model).stem}-{key}.jsonl")
+    return raw, CachedBackbone(raw, cache_path("llm", f"{Path(bcfg.model).stem}-{key}.jsonl"))
 
 
 def dev_test(data, dev_n=None, test_n=None):

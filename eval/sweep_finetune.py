@@ -1,6 +1,6 @@
 """Finetune data-size sweep: accuracy on held-out questions against the number of training questions.
 
-Usage: python eval/sweep_finetune.py [--config configs/finetune.yaml] [--data ../shared/codemmlu-b6/train.csv]
+Usage: python eval/sweep_finetune.py [--config configs/finetune.yaml] [--data TRAIN (default: $CODEMCQ_BENCH_DATA/train.csv)]
                                      [--sizes 1000,200] [--test-n N] [--out DIR]
 
 For each size, `solver finetune` on the first N questions of the config's train split
@@ -18,13 +18,13 @@ import argparse
 import json
 from pathlib import Path
 
-from report import ROOT, dev_test, right, run
+from report import ROOT, bench_file, dev_test, right, run
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "configs/finetune.yaml"))
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/codemmlu-b6/train.csv"))
+    ap.add_argument("--data", **bench_file())
     ap.add_argument("--sizes", default="1000,200")
     ap.add_argument("--test-n", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "eval" / "results" / "finetune"))

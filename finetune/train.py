@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from finetune.activations import ActivationCache, decoder_layers, starting_at
 from finetune.config import FinetuneConfig
 from finetune.data import Example, build_examples, load_splits, retrieved_shots
+from solver.cache import cache_path
 from solver.data import DataError
 from solver.journal import atomic_dir, atomic_write, sha256_file
 from solver.models import merge_adapter, resolve_model
 from solver.types import UserError
 
-ACTIVATIONS = Path(".cache/activations")
 Progress = Callable[[str, int, int], None]  # (stage, done, total): the caller draws it
 
 
@@ -52,10 +52,13 @@ def pick_dtype(name: str, device: str) -> torch.dtype:
 
 
 def model_identity(path: str) -> str:
-    """A model folder's path and its weight files' sizes and times (a hub id: the id): what
-    the activation cache is keyed by, without hashing gigabytes."""
+    """A model folder's name and its weight files' sizes and times (a hub id: the id): what
+    the activation cache is keyed by, without hashing gigabytes; the name, not the path, so
+    that a moved cache root keeps its activations (a dequantized folder's name carries its
+    GGUF's hash)."""
     files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
-    return " ".join([path] + [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files])
+    name = Path(path).name if files else path
+    return " ".join([name] + [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files])
 
 
 def trained_layers(cfg: FinetuneConfig, n: int, device: str) -> tuple[int, int]:
@@ -280,7 +283,7 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig, progress: P
     cache, cached = None, {"prompts": 0, "tokens": 0, "seconds": 0.0}
     if cache_layer:
         hidden = model.get_base_model().config.hidden_size
-        cache = ActivationCache(ACTIVATIONS, model_identity(path), cache_layer, dtype, hidden)
+        cache = ActivationCache(cache_path("activations"), model_identity(path), cache_layer, dtype, hidden)
         t0 = time.perf_counter()
         with model.disable_adapter():  # what enters the cached layer does not depend on the adapter
             todo = cache.fill(model.get_base_model(), [e.prompt for e in train + val],

@@ -85,14 +85,16 @@ def sandbox_warnings(cfg) -> None:
 
 class GraphRunner:
     """Runs questions through the compiled graph, one coroutine each, one call per step
-    and backbone (`backbones`: label -> Backbone, in the config's order)."""
+    and backbone (`backbones`: label -> Backbone, in the config's order). A backbone's
+    requests are (prompt, options, task_id): replicated servers route by the question."""
 
     def __init__(self, cfg: SolverConfig, backbones: dict, index=None, confusion=None, hardware: dict | None = None,
                  priors: dict | None = None, weights: dict | None = None, extra: dict | None = None):
         """`priors`, `weights`: the vote's calibration (solver/api.py); `extra`: task_id ->
         {calls, tokens} it cost beyond the graph (the question answered in every cyclic
         order to estimate the priors), added to that question's cost."""
-        handlers = {label: (lambda reqs, bb=bb: bb.achoose([p for p, _ in reqs], [o for _, o in reqs]))
+        handlers = {label: (lambda reqs, bb=bb: bb.achoose([p for p, _, _ in reqs], [o for _, o, _ in reqs],
+                                                           [k for _, _, k in reqs]))
                     for label, bb in backbones.items()}
         if index is not None:  # neighbours serve the re-answer and answer.shots: without them, no embedding at all
             k = max(cfg.retrieve.k if cfg.reanswer.enabled else 0, cfg.answer.shots)

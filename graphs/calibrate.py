@@ -19,17 +19,16 @@ import numpy as np
 
 from graphs.debias import Prior, cyclic, estimate, sample
 from solver.backbone import BackboneError
+from solver.cache import cache_path
 from solver.config import SolverConfig
 from solver.data import DataError, load_questions, split_of
 from solver.journal import atomic_write, sha256_file
 from solver.prompts import PromptTooLong, answer_prompt
 from solver.types import Question, top_letter
 
-CACHE = Path(".cache") / "vote"
-
 
 def _cache(path: Path, what: str, key: object) -> Path:
-    return CACHE / f"{what}-{hashlib.sha256(f'{sha256_file(path)} {json.dumps(key)}'.encode()).hexdigest()[:16]}.json"
+    return cache_path("vote", f"{what}-{hashlib.sha256(f'{sha256_file(path)} {json.dumps(key)}'.encode()).hexdigest()[:16]}.json")
 
 
 def _questions(path: str, split: str | None, what: str) -> list[Question]:
@@ -73,7 +72,7 @@ def labelled_confusion(cfg: SolverConfig, backbones: dict) -> dict[str, np.ndarr
     qs, votes = _labelled_votes(cfg, backbones)
     items = [{voter: q.letters.index(top_letter(probs)) for voter, probs in vs.items()} for q, vs in zip(qs, votes)]
     confusion = confusion_from_labels(items, [q.letters.index(q.answer) for q in qs], [len(q.choices) for q in qs])
-    CACHE.mkdir(parents=True, exist_ok=True)
+    cache_path("vote").mkdir(parents=True, exist_ok=True)
     atomic_write(cache, json.dumps({k: m.tolist() for k, m in confusion.items()}))
     return confusion
 
@@ -88,7 +87,7 @@ def labelled_weights(cfg: SolverConfig, backbones: dict, priors: dict | None = N
         return json.loads(cache.read_text())
     qs, votes = _labelled_votes(cfg, backbones, priors)
     weights = fit_pool(votes, [q.letters for q in qs], [q.answer for q in qs])
-    CACHE.mkdir(parents=True, exist_ok=True)
+    cache_path("vote").mkdir(parents=True, exist_ok=True)
     atomic_write(cache, json.dumps(weights))
     return weights
 
@@ -119,7 +118,9 @@ def position_priors(cfg: SolverConfig, backbones: dict, questions: list[Question
             except PromptTooLong:
                 continue
         try:
-            replies = iter(bb.choose([p.text for _, ps in asked for p in ps], [q.letters for q, ps in asked for _ in ps]))
+            replies = iter(bb.choose([p.text for _, ps in asked for p in ps],
+                                     [q.letters for q, ps in asked for _ in ps],
+                                     [q.task_id for q, ps in asked for _ in ps]))
         except BackboneError:
             continue  # a backbone that cannot answer here is not debiased; the graph reports its failures
         views = []
@@ -131,6 +132,6 @@ def position_priors(cfg: SolverConfig, backbones: dict, questions: list[Question
                 extra.setdefault(q.task_id, Counter()).update(calls=len(ps), tokens=sum(p.tokens for p in ps))
         priors[label] = estimate(views)
     if cache:
-        CACHE.mkdir(parents=True, exist_ok=True)
+        cache_path("vote").mkdir(parents=True, exist_ok=True)
         atomic_write(cache, json.dumps(priors))
     return priors, extra

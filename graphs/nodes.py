@@ -67,7 +67,7 @@ def make_nodes(cfg, backbones: dict, batcher, index=None, priors: dict | None = 
         vote = {"voter": f"{v['backbone']}@{v['order']}", "probs": None}
         try:
             prompt = prompt_for(v["backbone"], q, order, examples_for(s, cfg.answer.shots))
-            (r,) = await batcher.submit(v["backbone"], [(prompt.text, q.letters)])
+            (r,) = await batcher.submit(v["backbone"], [(prompt.text, q.letters, q.task_id)])
         except PromptTooLong as e:
             return {"votes": [vote | {"unread": str(e)}]}
         except BackboneError as e:
@@ -130,7 +130,7 @@ def make_nodes(cfg, backbones: dict, batcher, index=None, priors: dict | None = 
         bb = backbones[first]
         prompt = verify_prompt(q, letter, bb.tokenizer, bb.max_model_len)
         try:
-            (r,) = await batcher.submit(first, [(prompt.text, VERDICTS)])
+            (r,) = await batcher.submit(first, [(prompt.text, VERDICTS, q.task_id)])
         except BackboneError as e:
             r = None
             step = {"error": str(e)}
@@ -158,7 +158,7 @@ def make_nodes(cfg, backbones: dict, batcher, index=None, priors: dict | None = 
             prompts = [prompt_for(first, q, v, examples) for v in views]
             calls, tokens = len(prompts), sum(p.tokens for p in prompts)
             try:
-                results = await batcher.submit(first, [(p.text, q.letters[: len(keep)]) for p in prompts])
+                results = await batcher.submit(first, [(p.text, q.letters[: len(keep)], q.task_id) for p in prompts])
             except BackboneError as e:
                 results, step["error"] = [], str(e)
             read = {i: _map_back(unbiased(first, r)[0], v, q.letters) for i, (v, r) in enumerate(zip(views, results)) if r}

@@ -1,4 +1,4 @@
-"""The index a config names, built on first use from its data and cached under .cache/."""
+"""The index a config names, built on first use from its data and cached under the cache root's index/."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from pathlib import Path
 
 from index.embed import DEFAULT_MODEL
 from index.store import Index
+from solver.cache import cache_path
 from solver.data import DataError, load_questions, split_of
 from solver.hardware import pick_dtype
 from solver.journal import sha256_file
-
-CACHE = Path(".cache") / "index"
 
 
 def cached_index(data: str, split: str | None = None, model: str = DEFAULT_MODEL, quiet: bool = True) -> Index:
@@ -24,7 +23,7 @@ def cached_index(data: str, split: str | None = None, model: str = DEFAULT_MODEL
     if not Path(data).is_file():
         raise DataError(f"{data}: no such file (the solved questions to index: retrieve.data)")
     key = hashlib.sha256(f"{sha256_file(data)} {split} {model} {dtype}".encode()).hexdigest()[:16]
-    folder = CACHE / f"{Path(data).stem}-{split or 'all'}-{key}"
+    folder = cache_path("index") / f"{Path(data).stem}-{split or 'all'}-{key}"
     if (folder / "manifest.json").is_file():
         return Index.load(folder)
     loaded = load_questions(data, labelled=True)

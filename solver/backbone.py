@@ -20,7 +20,7 @@ from unittest.mock import patch  # patch.dict: environment variables set for one
 
 from solver.config import BackboneConfig
 from solver.hardware import available_gb, cpu_engine_env, cpu_has_bf16, cuda_capability, kv_cache_gb, pick_dtype
-from solver.models import adapter_config, merged_model, resolve_model
+from solver.models import adapter_config, merged_model, resolve_adapter, resolve_model
 
 MAX_LOGPROBS = 32  # at least 26 letters; what the engine is started to allow
 
@@ -49,8 +49,8 @@ def option_probabilities(top: dict[int, float], options: list[str], decode) -> d
 
 
 def run_dtype(cfg: BackboneConfig) -> str:
-    """The dtype `cfg` answers in: this machine's choice, except on a server elsewhere (base_url),
-    which chose its own."""
+    """The dtype `cfg` answers in: this machine's choice, except on a server elsewhere (base_url,
+    one or several replicas), which chose its own."""
     return cfg.dtype if cfg.kind == "server" and cfg.base_url else pick_dtype(cfg.dtype)
 
 
@@ -82,13 +82,20 @@ def engine_limits(cfg: BackboneConfig) -> dict:
                 enable_prefix_caching=not cfg.batch_invariant)
 
 
+def replica_of(key: str, n: int) -> int:
+    """Which of `n` replicas serves the prompts keyed `key` (a question's task_id): a function
+    of the key alone, never of load or timing, so a rerun asks each question of the same one."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % n
+
+
 def model_and_adapter(cfg: BackboneConfig) -> tuple[str, str | None]:
     """(the model vLLM loads, the adapter it applies or None): with `merge_lora`, the
     adapter merged into the model once (solver.models.merged_model) and none applied."""
     path = resolve_model(cfg.model)
-    if cfg.lora and cfg.merge_lora:
-        return merged_model(path, cfg.lora), None
-    return path, cfg.lora
+    adapter = resolve_adapter(cfg.lora) if cfg.lora else None
+    if adapter and cfg.merge_lora:
+        return merged_model(path, adapter), None
+    return path, adapter
 
 
 def lora_rank(adapter: str) -> int:
@@ -117,12 +124,15 @@ class Backbone(ABC):
         return self._decoded[token_id]
 
     @abstractmethod
-    def choose(self, prompts: list[str], options: list[list[str]]) -> list[dict[str, float] | None]:
-        """For each prompt, a probability per allowed option (None: unreadable)."""
+    def choose(self, prompts: list[str], options: list[list[str]],
+               keys: list[str] | None = None) -> list[dict[str, float] | None]:
+        """For each prompt, a probability per allowed option (None: unreadable). `keys`: per
+        prompt, its question's task_id, which replicated servers route by (None: the prompt)."""
 
-    async def achoose(self, prompts: list[str], options: list[list[str]]) -> list[dict[str, float] | None]:
+    async def achoose(self, prompts: list[str], options: list[list[str]],
+                      keys: list[str] | None = None) -> list[dict[str, float] | None]:
         """`choose` for the graph's event loop; a served backbone's calls overlap with others'."""
-        return self.choose(prompts, options)
+        return self.choose(prompts, options, keys)
 
     def close(self) -> None:
         pass
@@ -190,7 +200,7 @@ class EngineBackbone(Backbone):
             self._starts[key] = sorted(i for p in prefixes for i in self._ids_by_text.get(p, []))
         return self._starts[key]
 
-    def choose(self, prompts, options):
+    def choose(self, prompts, options, keys=None):
         from vllm import SamplingParams
 
         order = sorted(range(len(prompts)), key=lambda i: (prompts[i], options[i]))
@@ -211,11 +221,14 @@ class EngineBackbone(Backbone):
 
 
 class ServerBackbone(Backbone):
-    """An OpenAI-compatible vLLM server: the batch goes out as concurrent requests."""
+    """An OpenAI-compatible vLLM server, or several replicas of it: the batch goes out as
+    concurrent requests, every prompt of one question to one replica (`replica_of`)."""
 
     def __init__(self, cfg: BackboneConfig):
         super().__init__(cfg)
-        self.base_url = cfg.base_url or self._served_url(cfg)
+        urls = cfg.base_url or self._served_url(cfg)
+        self.urls = [urls] if isinstance(urls, str) else list(urls)
+        self.sent = [0] * len(self.urls)  # prompts sent to each replica: how the load spread
         self.api_key = os.environ.get(cfg.api_key_env) or "EMPTY"
 
     @staticmethod
@@ -253,20 +266,36 @@ class ServerBackbone(Backbone):
         top = {int(k.removeprefix("token_id:")): v for k, v in top.items()}
         return option_probabilities(top, opts, self.decode)
 
-    async def achoose(self, prompts, options):
+    async def _replica(self, url, prompts, options):
+        """One replica's share of a call, at most `concurrency` requests in flight."""
         import openai
 
         sem = asyncio.Semaphore(self.cfg.concurrency)
         async with openai.AsyncOpenAI(
-            base_url=self.base_url, api_key=self.api_key, timeout=self.cfg.timeout_s, max_retries=1
+            base_url=url, api_key=self.api_key, timeout=self.cfg.timeout_s, max_retries=1
         ) as client:
             try:
                 return await asyncio.gather(*(self._one(client, sem, p, o) for p, o in zip(prompts, options)))
             except openai.OpenAIError as e:
-                raise BackboneError(f"backbone '{self.name}' at {self.base_url}: {type(e).__name__}: {e}") from None
+                raise BackboneError(f"backbone '{self.name}' at {url}: {type(e).__name__}: {e}") from None
 
-    def choose(self, prompts, options):
-        return asyncio.run(self.achoose(prompts, options))
+    async def achoose(self, prompts, options, keys=None):
+        """Each replica's share at once; the replies in the prompts' order."""
+        where = [replica_of(k, len(self.urls)) for k in keys or prompts]
+        shares = {r: [i for i, w in enumerate(where) if w == r] for r in sorted(set(where))}
+        for r, share in shares.items():
+            self.sent[r] += len(share)
+        asks = [self._replica(self.urls[r], [prompts[i] for i in share], [options[i] for i in share])
+                for r, share in shares.items()]
+        got = await asyncio.gather(*asks)
+        result: list = [None] * len(prompts)
+        for share, replies in zip(shares.values(), got):
+            for i, reply in zip(share, replies):
+                result[i] = reply
+        return result
+
+    def choose(self, prompts, options, keys=None):
+        return asyncio.run(self.achoose(prompts, options, keys))
 
 
 class CachedBackbone(Backbone):
@@ -297,15 +326,20 @@ class CachedBackbone(Backbone):
     def key(prompt: str, options: list[str]) -> str:
         return hashlib.sha256(json.dumps([prompt, options]).encode()).hexdigest()
 
-    def _unseen(self, prompts, options) -> tuple[list[str], dict]:
-        keys = [self.key(p, o) for p, o in zip(prompts, options)]
-        new = {}  # each unseen prompt once, in order
-        for k, p, o in zip(keys, prompts, options):
-            if k not in self.store:
-                new.setdefault(k, (p, o))
+    def _unseen(self, prompts, options, keys) -> tuple[list[str], dict]:
+        hashes = [self.key(p, o) for p, o in zip(prompts, options)]
+        new = {}  # each unseen prompt once, in order, with its routing key
+        for h, p, o, k in zip(hashes, prompts, options, keys or prompts):
+            if h not in self.store:
+                new.setdefault(h, (p, o, k))
         self.misses += len(new)
-        self.hits += len(keys) - len(new)
-        return keys, new
+        self.hits += len(hashes) - len(new)
+        return hashes, new
+
+    @staticmethod
+    def _asked(new: dict) -> tuple[list, list, list]:
+        """The unseen prompts as the inner backbone's (prompts, options, keys)."""
+        return [p for p, _, _ in new.values()], [o for _, o, _ in new.values()], [k for _, _, k in new.values()]
 
     def _keep(self, keys, new, got):
         with self.path.open("a") as f:
@@ -314,15 +348,15 @@ class CachedBackbone(Backbone):
                 f.write(json.dumps({"key": k, "probs": probs}) + "\n")
         return [self.store[k] for k in keys]
 
-    def choose(self, prompts, options):
-        keys, new = self._unseen(prompts, options)
-        got = self.inner.choose([p for p, _ in new.values()], [o for _, o in new.values()]) if new else []
-        return self._keep(keys, new, got)
+    def choose(self, prompts, options, keys=None):
+        hashes, new = self._unseen(prompts, options, keys)
+        got = self.inner.choose(*self._asked(new)) if new else []
+        return self._keep(hashes, new, got)
 
-    async def achoose(self, prompts, options):
-        keys, new = self._unseen(prompts, options)
-        got = await self.inner.achoose([p for p, _ in new.values()], [o for _, o in new.values()]) if new else []
-        return self._keep(keys, new, got)
+    async def achoose(self, prompts, options, keys=None):
+        hashes, new = self._unseen(prompts, options, keys)
+        got = await self.inner.achoose(*self._asked(new)) if new else []
+        return self._keep(hashes, new, got)
 
     def close(self):
         self.inner.close()

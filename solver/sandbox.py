@@ -41,6 +41,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from solver import cgroups
+from solver.cache import cache_path
 from solver.journal import atomic_write
 
 PATH = "/usr/bin:/bin"  # the only tools a run sees; /usr/local lives under /usr
@@ -51,7 +52,6 @@ TMP_MB, FSIZE_MB, NOFILE, NPROC = 64, 16, 64, 64
 UNGROUPED_MB = 4096  # without a cgroup: the most a run's processes may hold together (task_cap)
 POLL_S = 0.05  # how often a run is checked against its time and memory limits
 COMPILE_S, COMPILE_MB = 30.0, 1024  # the compiler's own budget, not the program's
-CACHE_DIR = Path(os.environ.get("CODEMCQ_EXEC_CACHE", Path(".cache") / "exec"))
 TOOLS = {"python": ["python3"], "c": ["gcc"], "cpp": ["g++"], "java": ["javac", "java"],
          "javascript": ["node"]}
 FILES = {"python": "main.py", "c": "main.c", "cpp": "main.cpp", "javascript": "main.js"}
@@ -291,7 +291,7 @@ CHECK = {"python": ["python3", "-I", "-S", "-c", "import sys; compile(open(sys.a
 
 def run(language: str, source: str, *, stdin: str = "", timeout_s: float = 5, memory_mb: int = 512,
         max_output: int = 64_000, unsafe: bool = False, check_only: bool = False,
-        cache_dir: Path | None = CACHE_DIR) -> Result:
+        cache_dir: Path | None | bool = True) -> Result:
     """Compile (if needed) and run `source`; the Result says how it ended.
 
     Cached on disk by (mechanism, language, source, stdin, limits), whatever the outcome,
@@ -311,6 +311,8 @@ def run(language: str, source: str, *, stdin: str = "", timeout_s: float = 5, me
         return Result(status="unavailable", stderr=f"no {language} runs without a cgroup per run (root, cgroup v1)")
     key = hashlib.sha256(json.dumps([VERSION, mech, language, source, stdin, timeout_s, memory_mb,
                                      max_output] + (["check"] if check_only else [])).encode()).hexdigest()
+    if cache_dir is True:  # the cache root's exec/ (solver/cache.py)
+        cache_dir = cache_path("exec")
     path = cache_dir / f"{key}.json" if cache_dir else None
     if path and path.is_file():
         return Result.model_validate_json(path.read_text()).model_copy(update={"cached": True})

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from solver.backbone import MAX_LOGPROBS, engine_dtype, engine_limits, lora_rank, model_and_adapter
 from solver.config import BackboneConfig
+from solver.cache import cache_path
 from solver.hardware import cpu_engine_env, cuda_capability
 from solver.journal import atomic_write
 from solver.models import resolve_model
@@ -113,7 +114,7 @@ def stop_server(proc: subprocess.Popen, timeout_s: float = 30) -> None:
 # Where `solver serve` records the servers it runs, one JSON file per backbone label, so
 # that `solver run` and `solver eval` with the same config find them.
 def registry_dir() -> Path:
-    return Path(os.environ.get("CODEMCQ_SERVE_DIR", Path(".cache") / "serve"))
+    return cache_path("serve")
 
 
 def _alive(pid: int) -> bool:

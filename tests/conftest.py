@@ -1,18 +1,44 @@
-"""Shared fixtures: the real vLLM engine and a real vLLM server, each started once."""
+"""Shared fixtures: the real vLLM engine and a real vLLM server, each started once.
+
+The benchmark data (train.csv with answers, test.csv, the sample submission) is read from
+the folder `CODEMCQ_BENCH_DATA` names (`make test` sets it); tests that need it skip
+without it. The session has a cache root of its own (solver/cache.py) that borrows the
+user's models/, so nothing a test indexes, runs or logs mixes with the user's.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+from solver.cache import root
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "solver" / "samples" / "questions.jsonl"
-SHARED = ROOT.parent / "shared" / "codemmlu-b6"
+SHARED = Path(os.environ.get("CODEMCQ_BENCH_DATA") or "/nonexistent")
+USER_MODELS = root() / "models"
+
+
+def own_cache(folder: Path) -> Path:
+    """A cache root at `folder` that shares the user's models (weights and dequantized copies)."""
+    USER_MODELS.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "models").exists():
+        (folder / "models").symlink_to(USER_MODELS)
+    return folder
+
+
+_SESSION_CACHE = own_cache(Path(tempfile.mkdtemp(prefix="codemcq-tests-")))
+atexit.register(shutil.rmtree, _SESSION_CACHE, True)
+os.environ["CODEMCQ_CACHE"] = str(_SESSION_CACHE)
 SMALL = dict(max_model_len=2048, kv_cache_gb=1)
 # How far two computations of one probability may differ when they are not the same
 # computation (a prompt in a batch against the same prompt alone; the engine against a
@@ -26,7 +52,7 @@ PROB_TOL = {"bfloat16": 0.15, "float16": 0.02, "float32": 1e-3}
 @pytest.fixture(scope="session")
 def shared() -> Path:
     if not (SHARED / "train.csv").is_file():
-        pytest.skip("../shared/codemmlu-b6 is not beside this checkout")
+        pytest.skip("no benchmark data: CODEMCQ_BENCH_DATA names no folder with train.csv (make test sets it)")
     return SHARED
 
 
@@ -61,3 +87,11 @@ def server(tmp_path_factory):
     yield url
     stop_server(proc)
     log.close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """This test's own cache root (models shared), in this process and the ones it starts."""
+    folder = own_cache(tmp_path / "cache")
+    monkeypatch.setenv("CODEMCQ_CACHE", str(folder))
+    return folder

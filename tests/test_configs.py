@@ -35,3 +35,27 @@ def test_vote_served_is_the_vote_config_with_servers():
     assert [b.kind for b in served.backbones] == ["server"] * len(vote.backbones)
     assert [b.model_copy(update={"kind": "engine"}) for b in served.backbones] == vote.backbones
     assert served.model_dump(exclude={"name", "backbones"}) == vote.model_dump(exclude={"name", "backbones"})
+
+
+def test_labelled_data_is_the_users_and_never_the_scored_split(tmp_path):
+    """--labelled fills retrieval; scored against a dev/test split of the same file, only its
+    split train is indexed; a retrieving config without any answers without retrieval (a note)."""
+    from solver.cli import _configured
+    from solver.config import with_labelled
+
+    graph = load_config(ROOT / "configs" / "graph.yaml")
+    cfg, note = with_labelled(graph, "mine.csv")
+    assert (cfg.retrieve.enabled, cfg.retrieve.data, cfg.retrieve.split, note) == (True, "mine.csv", None, None)
+    cfg, note = with_labelled(graph.model_copy(update={"answer": graph.answer.model_copy(update={"shots": 3})}), None)
+    assert not cfg.retrieve.enabled and cfg.answer.shots == 0 and "--labelled FILE" in note
+    data = tmp_path / "train.csv"
+    assert _configured(ROOT / "configs" / "graph.yaml", data, held_out_of=data).retrieve.split == "train"
+    assert _configured(ROOT / "configs" / "graph.yaml", data, held_out_of=tmp_path / "other.csv").retrieve.split is None
+    assert with_labelled(load_config(ROOT / "configs" / "baseline.yaml"), None)[1] is None  # retrieves nothing: no note
+
+
+def test_best_is_the_finetuned_pipeline():
+    """configs/best.yaml is the most accurate config measured (its header gives the figures):
+    today configs/finetuned.yaml; the two must not drift apart."""
+    best, finetuned = (load_config(ROOT / "configs" / f"{n}.yaml") for n in ("best", "finetuned"))
+    assert best.model_dump(exclude={"name"}) == finetuned.model_dump(exclude={"name"})

@@ -39,11 +39,9 @@ def one_thread():
 
 
 @pytest.fixture(autouse=True)
-def own_activation_cache(tmp_path_factory, monkeypatch):
-    """Each test's activation cache starts empty (the run's summary counts what it computed)."""
-    import finetune.train
-
-    monkeypatch.setattr(finetune.train, "ACTIVATIONS", tmp_path_factory.mktemp("activations"))
+def own_activation_cache(cache):
+    """Each test's activation cache starts empty (the run's summary counts what it computed):
+    its own cache root (conftest.py), the models shared."""
 
 
 @pytest.fixture(scope="module")

@@ -102,10 +102,9 @@ def test_debiased_pool_vote_on_the_engine(engine_solver):
             assert list(vote["votes"]["smollm2-135m-instruct@0"].values()) == pytest.approx(want, abs=PROB_TOL[bb.dtype])
 
 
-def test_pool_weights_fitted_on_labelled_questions(engine_solver, tmp_path, monkeypatch):
+def test_pool_weights_fitted_on_labelled_questions(engine_solver, cache):
     """vote.rule pool with vote.labelled: each backbone's weight is fitted on the labelled
     questions' answers (maximum likelihood), cached, and shown in the vote step."""
-    monkeypatch.chdir(tmp_path)
     cfg = SolverConfig.model_validate({"backbone": SMALL, "graph": {"enabled": True},
                                        "vote": {"rule": "pool", "labelled": str(SAMPLE), "labelled_split": None,
                                                 "labelled_n": 8}})
@@ -113,11 +112,11 @@ def test_pool_weights_fitted_on_labelled_questions(engine_solver, tmp_path, monk
     weights = [next(t for t in p.trace if t["step"] == "vote")["weights"] for p in preds]
     assert weights[0] == weights[-1] and set(weights[0]) == {"smollm2-135m-instruct"}
     assert 0.0 <= weights[0]["smollm2-135m-instruct"] <= 10.0
-    assert len(list((tmp_path / ".cache" / "vote").glob("weights-*.json"))) == 1
+    assert len(list((cache / "vote").glob("weights-*.json"))) == 1
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_graph_runs_and_resumes_to_the_same_csv(dtype, tmp_path):
+def test_graph_runs_and_resumes_to_the_same_csv(dtype, tmp_path, cache):
     """The graph config through the CLI in each dtype, whatever this CPU computes natively:
     run once, and run again in a second process killed after two batches and a third that
     resumes it: the same CSV byte for byte. In bf16 a prompt's numbers depend on the prompts
@@ -137,7 +136,7 @@ def test_graph_runs_and_resumes_to_the_same_csv(dtype, tmp_path):
     cfg.write_text(json.dumps(config))
     whole, part = tmp_path / "whole.csv", tmp_path / "part.csv"
     subprocess.run(_cmd(data, whole, cfg), cwd=tmp_path, check=True, capture_output=True)
-    assert list((tmp_path / ".cache" / "index").iterdir())  # built on first use, cached
+    assert list((cache / "index").iterdir())  # built on first use, cached
     journal = part.with_name(part.name + ".journal.jsonl")
     killed_at = _interrupt(_cmd(data, part, cfg), journal, signal.SIGKILL, 2, cwd=tmp_path)
     assert killed_at == 2 * batch and not part.exists()

@@ -26,7 +26,7 @@ def _serve(cfg, env):
     """`solver serve` in the background; returns it once both servers are registered."""
     proc = subprocess.Popen([sys.executable, "-m", "solver.cli", "serve", "-c", str(cfg)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    reg = [os.path.join(env["CODEMCQ_SERVE_DIR"], f"{n}.json") for n in ("alpha", "beta")]
+    reg = [os.path.join(env["CODEMCQ_CACHE"], "serve", f"{n}.json") for n in ("alpha", "beta")]
     deadline = time.monotonic() + 600
     while not all(os.path.exists(r) for r in reg):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
@@ -53,8 +53,7 @@ def _stop(proc, on_its_own=False):
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("CODEMCQ_SERVE_DIR", str(tmp_path / "serve"))
+def env(cache):
     return dict(os.environ)
 
 
@@ -97,7 +96,7 @@ def test_vote_across_served_backbones_with_faults(tmp_path, env):
         status, said = _stop(serve, on_its_own=True)
     # serve reported each death by name, and exited 1 once nothing was left to serve
     assert status == 1 and "error: server 'beta' exited" in said and "error: server 'alpha' exited" in said
-    assert not [f for f in os.listdir(env["CODEMCQ_SERVE_DIR"]) if f.endswith(".json")]
+    assert not [f for f in os.listdir(os.path.join(env["CODEMCQ_CACHE"], "serve")) if f.endswith(".json")]
 
     # 3. Served again: the stopped run resumes from its journal and completes.
     serve, reg = _serve(cfg, env)
