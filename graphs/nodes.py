@@ -23,7 +23,7 @@ from graphs.execute import evidence, job_for
 from graphs.routing import current, decide, has_examples, option_order, settled_by_run, verify_update
 from solver.backbone import BackboneError
 from solver.prompts import VERDICTS, PromptTooLong, answer_prompt, verify_prompt
-from solver.types import Question, top_letter
+from solver.types import Question, top_letter, voter
 
 
 def _view(q: Question, order: list[int]) -> Question:
@@ -64,7 +64,7 @@ def make_nodes(cfg, backbones: dict, batcher, index=None, priors: dict | None = 
     async def answer(s):
         q, v = s["question"], s["voter"]
         order = option_order(len(q.choices), v["order"], q.task_id)
-        vote = {"voter": f"{v['backbone']}@{v['order']}", "probs": None}
+        vote = {"voter": voter(v["backbone"], v["order"]), "probs": None}
         try:
             prompt = prompt_for(v["backbone"], q, order, examples_for(s, cfg.answer.shots))
             (r,) = await batcher.submit(v["backbone"], [(prompt.text, q.letters, q.task_id)])

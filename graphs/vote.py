@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from solver.types import LETTERS, top_letter
+from solver.types import LETTERS, backbone_of, top_letter
 
 Votes = dict[str, dict[str, float]]
 TINY = 1e-12  # floor inside log: a zero-count cell must not veto a class (or make NaN)
@@ -153,11 +153,6 @@ def weighted(items_votes: list[Votes], letters_list: list[list[str]],
         p = [float(x) + TIE * m[k] for k, x in zip(letters, p)]
         out.append({k: x / sum(p) for k, x in zip(letters, p)})
     return out, conf
-
-
-def backbone_of(voter: str) -> str:
-    """A voter is "<backbone label>@<option order>"."""
-    return voter.rsplit("@", 1)[0]
 
 
 def pool(votes: Votes, letters: list[str], weights: dict[str, float]) -> dict[str, float]:

@@ -16,7 +16,7 @@ from solver import registry
 from solver.console import progress_bar
 from solver.hardware import DTYPES, pick_dtype
 from solver.prompts import question_text as prompt_question_text
-from solver.types import Question, UserError
+from solver.types import Question, UserError, question_body
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 REGISTERED = "all-minilm-l6-v2"  # its name in solver/registry.py; the hub id is an alias (the same weights)
@@ -31,7 +31,7 @@ def normalise(text: str, casefold: bool = True) -> str:
     """The text two copies of a question share: no leading `Question:`, one space for any
     run of whitespace, case folded (options keep their case: `True` and `true` are
     different outputs)."""
-    text = _WS.sub(" ", text.strip().removeprefix("Question:")).strip()
+    text = _WS.sub(" ", question_body(text))
     return text.casefold() if casefold else text
 
 

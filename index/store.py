@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
@@ -25,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from index.embed import DEFAULT_MODEL, canonical_name, dimension, embed_texts, get_model, normalise, normalise_option, question_text
 from solver.hardware import pick_dtype
-from solver.journal import sha256_file
+from solver.journal import atomic_dir, sha256_file
 from solver.types import LETTERS, Question, UserError
 
 KINDS = ("auto", "flat", "ivf", "hnsw")
@@ -208,29 +207,21 @@ class Index:
             raise IndexBuildError(f"{folder}: exists and is not a folder")
         if folder.is_dir() and any(folder.iterdir()) and not (folder / "manifest.json").is_file():
             raise IndexBuildError(f"{folder}: a non-empty folder that is not an index; choose another --out")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
+        manifest = {}
+
+        def write(tmp: Path) -> None:
             faiss.write_index(self._cpu, str(tmp / "index.faiss"))
             with (tmp / "metadata.jsonl").open("w", encoding="utf-8") as f:
                 for q in self.records:
                     f.write(json.dumps({"task_id": q.task_id, "question": q.question,
                                         "choices": q.choices, "answer": q.answer}, ensure_ascii=False) + "\n")
-            manifest = dict(self.manifest, files={name: sha256_file(tmp / name) for name in FILES})
+            manifest.update(self.manifest, files={name: sha256_file(tmp / name) for name in FILES})
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
             for name in (*FILES, "manifest.json"):
                 with (tmp / name).open("rb") as f:
                     os.fsync(f.fileno())
-            old = folder.with_name(f".{folder.name}.old{os.getpid()}")
-            if folder.exists():
-                folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        atomic_dir(folder, write)
         self.manifest = manifest
         return folder
 

@@ -11,7 +11,7 @@ from solver.config import SolverConfig, load_config, with_labelled
 from solver.data import DataError
 from solver.hardware import machine
 from solver.prompts import PromptTooLong, answer_prompt
-from solver.types import Prediction, Question, top_letter
+from solver.types import Prediction, Question, backbone_of, top_letter
 
 
 class Solver:
@@ -112,7 +112,7 @@ class Solver:
             for step in (t for p in preds for t in p.trace if t["step"] == "vote"):
                 self.stats["truncated"] += step["cut"]
                 for voter, error in step["failed"].items():
-                    self.failures.setdefault(voter.rsplit("@", 1)[0], error)
+                    self.failures.setdefault(backbone_of(voter), error)
             return preds
         asked, preds = [], {}
         for q in questions:

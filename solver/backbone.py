@@ -16,10 +16,9 @@ import os
 from abc import ABC, abstractmethod
 from functools import cached_property
 from pathlib import Path
-from unittest.mock import patch  # patch.dict: environment variables set for one engine start
 
 from solver.config import BackboneConfig
-from solver.hardware import available_gb, cpu_engine_env, cpu_has_bf16, cuda_capability, kv_cache_gb, pick_dtype
+from solver.hardware import available_gb, cpu_engine_env, cpu_has_bf16, cuda_capability, environ, kv_cache_gb, pick_dtype
 from solver.models import adapter_config, merged_model, resolve_adapter, resolve_model
 
 MAX_LOGPROBS = 32  # at least 26 letters; what the engine is started to allow
@@ -176,7 +175,7 @@ class EngineBackbone(Backbone):
             gpu_memory_utilization=cfg.gpu_memory_utilization,
         ) | engine_limits(cfg)
         # vLLM reads these while the engine starts; the next engine gets its own
-        with patch.dict(os.environ, {} if cuda_capability() else cpu_engine_env(cfg.kv_cache_gb)):
+        with environ({} if cuda_capability() else cpu_engine_env(cfg.kv_cache_gb)):
             self.llm = LLM(**(args | cfg.engine_args))
         self._starts: dict[tuple[str, ...], list[int]] = {}
 

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from solver.types import LETTERS, Question, UserError
+from solver.types import LETTERS, Question, UserError, question_body
 
 REQUIRED = ("task_id", "question", "choices")
 _LABEL = re.compile(r"^(?:ANSWER\s*:\s*)?([A-Za-z])$")
@@ -149,14 +149,14 @@ def load_questions(path: str | Path, labelled: bool = False) -> Loaded:
                 "no label" if label is None
                 else "label beyond the options" if LETTERS.index(label) >= len(choices)
                 else "fewer than 2 options" if len(choices) < 2
-                else "empty question" if not question.removeprefix("Question:").strip()
+                else "empty question" if not question_body(question)
                 else None
             )
             if reason:
                 skipped[reason] += 1
                 continue
         else:
-            if not question.removeprefix("Question:").strip():
+            if not question_body(question):
                 raise DataError(f"{where}, field 'question': empty")
             if label is not None and LETTERS.index(label) >= len(choices):
                 label = None  # unusable label on data we only answer

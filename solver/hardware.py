@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -114,3 +115,19 @@ def machine() -> str:
 
         line = f"{torch.cuda.get_device_name(0)} (capability {cap[0]}.{cap[1]}); host {line}"
     return line
+
+
+@contextmanager
+def environ(values: dict[str, str]):
+    """These environment variables for the duration (vLLM reads its own as an engine starts),
+    then each back as it was."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -44,10 +44,15 @@ def atomic_dir(dest: Path, write) -> None:
     dest = Path(dest)
     tmp, old = dest.with_name(f".{dest.name}.tmp{os.getpid()}"), dest.with_name(f".{dest.name}.old{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+        if dest.exists():
+            dest.rename(old)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 from solver import registry
@@ -34,8 +32,6 @@ def dequantize_gguf(gguf: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(
         gguf.parent,
@@ -44,12 +40,12 @@ def dequantize_gguf(gguf: Path) -> Path:
         quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True),
     )
     model.config.quantization_config = None  # the saved folder is plain bf16
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        tmp.rename(out)  # atomic: a half-written folder is never mistaken for a model
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    atomic_dir(out, write)  # a half-written folder is never mistaken for a model
     return out
 
 

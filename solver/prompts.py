@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from solver.types import Question
+from solver.types import Question, question_body
 
 ANSWER_TEMPLATE = """The following is a multiple-choice question about programming. Choose the correct option.
 
@@ -49,7 +49,7 @@ class PromptTooLong(ValueError):
 
 def question_text(q: Question) -> str:
     """The Kaggle data prefixes every question with a literal 'Question: '."""
-    return q.question.strip().removeprefix("Question:").strip()
+    return question_body(q.question)
 
 
 def _fields(q: Question, text: str) -> dict:

@@ -8,7 +8,6 @@ the final answers are the same.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import signal
 import time
@@ -73,15 +72,14 @@ def answer_all(
     return preds, fresh, time.perf_counter() - start
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% interval for an accuracy of k/n."""
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% (Wilson score) interval for an accuracy of k/n; (0, 0) for no questions."""
     if n == 0:
         return (0.0, 0.0)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (c - h, c + h)
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return (float(ci.low), float(ci.high))
 
 
 def score(questions: list[Question], preds: dict[str, Prediction]) -> dict:

@@ -14,6 +14,21 @@ def letters_for(n_options: int) -> list[str]:
     return list(LETTERS[:n_options])
 
 
+def question_body(text: str) -> str:
+    """A question's text without the literal 'Question:' the Kaggle data starts it with."""
+    return text.strip().removeprefix("Question:").strip()
+
+
+def voter(backbone: str, order: int) -> str:
+    """A voter's name: one backbone reading the options in one order."""
+    return f"{backbone}@{order}"
+
+
+def backbone_of(voter: str) -> str:
+    """The backbone label of a voter's name (`voter`)."""
+    return voter.rsplit("@", 1)[0]
+
+
 def top_letter(probs: dict[str, float]) -> str:
     """The most probable letter; ties go to the earlier letter (never a random one)."""
     return max(probs, key=lambda k: (probs[k], -ord(k[0])))

@@ -9,8 +9,12 @@ user's models/, so nothing a test indexes, runs or logs mixes with the user's.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -95,3 +99,37 @@ def cache(tmp_path, monkeypatch) -> Path:
     folder = own_cache(tmp_path / "cache")
     monkeypatch.setenv("CODEMCQ_CACHE", str(folder))
     return folder
+
+
+# ---- running the CLI in its own process (resume, graph, server and vote tests) ----
+
+def questions_file(tmp_path, n=30):
+    """The first `n` questions of the sample (repeated under new ids past its 30)."""
+    rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()]
+    rows = [r | {"task_id": f"{r['task_id']}-{i // len(rows)}"} for i, r in zip(range(n), rows * (n // len(rows) + 1))]
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def run_cmd(data, out, cfg):
+    return [sys.executable, "-m", "solver.cli", "run", "-i", str(data), "-o", str(out), "-c", str(cfg), "-q"]
+
+
+def answers_in(journal):
+    return max(0, len(journal.read_text().splitlines()) - 1) if journal.exists() else 0
+
+
+def interrupt(cmd, journal, sig, batches, cwd=ROOT):
+    """Run until `batches` more batches are journaled, then deliver `sig`; the answers journaled."""
+    env = os.environ | {"CODEMCQ_SIGNAL_AFTER": f"{batches}:{sig.name}"}
+    # A suite started in the background (`make test &`) ignores SIGINT, and so would the run
+    # (Python installs its Ctrl-C handler only where SIGINT is not ignored): a terminal's default.
+    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    else:  # Ctrl-C: one line, no traceback
+        assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines()[-1].startswith("error: interrupted: the answers so far")
+    return answers_in(journal)

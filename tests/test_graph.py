@@ -13,7 +13,7 @@ from solver.config import SolverConfig
 from solver.data import load_questions
 from solver.hardware import pick_dtype
 from tests.conftest import PROB_TOL, SAMPLE, SMALL
-from tests.test_resume import _cmd, _interrupt, _questions
+from tests.conftest import interrupt, questions_file, run_cmd
 
 FULL = {"answer": {"orders": 2}, "graph": {"enabled": True}, "verify": {"enabled": True, "accept": 0.5},
         "retrieve": {"enabled": True, "floor": 0.3, "min_score": 0.3}, "reanswer": {"enabled": True}}
@@ -127,7 +127,7 @@ def test_graph_runs_and_resumes_to_the_same_csv(dtype, tmp_path, cache):
     orders with retrieval and execution on 6. The index is built on first use and cached."""
     native = dtype == pick_dtype("auto", "cpu")
     n, batch, steps = (12, 4, FULL) if native else (6, 2, {k: FULL[k] for k in ("graph", "retrieve")})
-    data = _questions(tmp_path, n)
+    data = questions_file(tmp_path, n)
     cfg = tmp_path / "graph.yaml"
     # the inputs are copies of the indexed sample: no duplicate shortcut, so every step runs
     config = steps | {"retrieve": FULL["retrieve"] | {"data": str(SAMPLE), "split": None, "duplicates": False},
@@ -135,11 +135,11 @@ def test_graph_runs_and_resumes_to_the_same_csv(dtype, tmp_path, cache):
                       "answer": {"orders": 2, "batch_size": batch}}
     cfg.write_text(json.dumps(config))
     whole, part = tmp_path / "whole.csv", tmp_path / "part.csv"
-    subprocess.run(_cmd(data, whole, cfg), cwd=tmp_path, check=True, capture_output=True)
+    subprocess.run(run_cmd(data, whole, cfg), cwd=tmp_path, check=True, capture_output=True)
     assert list((cache / "index").iterdir())  # built on first use, cached
     journal = part.with_name(part.name + ".journal.jsonl")
-    killed_at = _interrupt(_cmd(data, part, cfg), journal, signal.SIGKILL, 2, cwd=tmp_path)
+    killed_at = interrupt(run_cmd(data, part, cfg), journal, signal.SIGKILL, 2, cwd=tmp_path)
     assert killed_at == 2 * batch and not part.exists()
-    done = subprocess.run(_cmd(data, part, cfg), cwd=tmp_path, capture_output=True, text=True)
+    done = subprocess.run(run_cmd(data, part, cfg), cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert part.read_bytes() == whole.read_bytes() and len(whole.read_text().splitlines()) == n + 1

@@ -12,7 +12,7 @@ from solver.config import BackboneConfig, SolverConfig
 from solver.data import load_questions
 from solver.server import free_port
 from tests.conftest import PROB_TOL, SAMPLE, SMALL
-from tests.test_resume import _cmd
+from tests.conftest import run_cmd
 
 
 def test_server_answers_like_the_engine(server, engine_solver, monkeypatch, tmp_path):
@@ -31,7 +31,7 @@ def test_server_answers_like_the_engine(server, engine_solver, monkeypatch, tmp_
     alone = [solver.solve_batch([q])[0] for q in qs[:4]]
     config, trace = tmp_path / "invariant.yaml", tmp_path / "trace.jsonl"
     config.write_text(json.dumps({"backbone": SMALL | {"batch_invariant": True}}))
-    subprocess.run(_cmd(SAMPLE, tmp_path / "out.csv", config) + ["--trace", str(trace)], check=True, capture_output=True)
+    subprocess.run(run_cmd(SAMPLE, tmp_path / "out.csv", config) + ["--trace", str(trace)], check=True, capture_output=True)
     engine = [json.loads(line)["trace"][0]["probabilities"] for line in trace.read_text().splitlines()]
     tol = PROB_TOL[engine_solver.backbone.dtype]
     for s, e, local_e, q in zip(served, engine, local, qs):

@@ -16,7 +16,7 @@ from solver.api import Solver
 from solver.config import load_config
 from solver.data import load_questions
 from tests.conftest import SAMPLE, SMALL
-from tests.test_resume import _answers, _cmd, _questions
+from tests.conftest import answers_in, questions_file, run_cmd
 
 VOTE = {"backbones": [SMALL | {"kind": "server", "served_name": n} for n in ("alpha", "beta")],
         "answer": {"orders": 2, "batch_size": 8}, "graph": {"enabled": True}, "vote": {"rule": "weighted"}}
@@ -76,9 +76,9 @@ def test_vote_across_served_backbones_with_faults(tmp_path, env):
 
         # 2. beta dies mid-run: dropped for the questions it fails on, reported by name, the run
         # goes on; then alpha dies too: the run stops in one line, what was answered is journaled.
-        data, out, trace = _questions(tmp_path, 96), tmp_path / "sub.csv", tmp_path / "trace.jsonl"
+        data, out, trace = questions_file(tmp_path, 96), tmp_path / "sub.csv", tmp_path / "trace.jsonl"
         journal = out.with_name(out.name + ".journal.jsonl")
-        run = subprocess.Popen(_cmd(data, out, cfg), cwd=tmp_path, env=env | {"CODEMCQ_SIGNAL_AFTER": "5:SIGSTOP,8:SIGSTOP"},
+        run = subprocess.Popen(run_cmd(data, out, cfg), cwd=tmp_path, env=env | {"CODEMCQ_SIGNAL_AFTER": "5:SIGSTOP,8:SIGSTOP"},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _paused(run)  # 40 answers journaled
         os.killpg(reg["beta"]["pid"], signal.SIGKILL)  # the server and its engine process
@@ -90,7 +90,7 @@ def test_vote_across_served_backbones_with_faults(tmp_path, env):
         assert run.returncode == 1 and "Traceback" not in stderr, stderr[-2000:]
         assert "warning: backbone 'beta' failed" in stderr
         assert stderr.strip().splitlines()[-1].startswith("error: ") and "lost every backbone" in stderr
-        answered = _answers(journal)
+        answered = answers_in(journal)
         assert 64 <= answered < 96 and not out.exists()
     finally:
         status, said = _stop(serve, on_its_own=True)
@@ -101,7 +101,7 @@ def test_vote_across_served_backbones_with_faults(tmp_path, env):
     # 3. Served again: the stopped run resumes from its journal and completes.
     serve, reg = _serve(cfg, env)
     try:
-        done = subprocess.run(_cmd(data, out, cfg) + ["--trace", str(trace)], cwd=tmp_path, env=env,
+        done = subprocess.run(run_cmd(data, out, cfg) + ["--trace", str(trace)], cwd=tmp_path, env=env,
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]
         assert f"resuming: {answered} answers" in done.stderr
