@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from langgraph.graph import END, START, StateGraph
 
@@ -61,8 +62,9 @@ def sandbox_warnings(cfg) -> None:
     sandbox on purpose (unsafe), languages this machine cannot run, runs that may not fit
     in the memory left beside the engine, runs capped per process only (no cgroup)."""
     from solver import sandbox
-    from solver.console import warn
     from solver.hardware import available_gb
+
+    warn = logging.getLogger(__name__).warning  # the CLI shows it (solver/console.py)
 
     if cfg.sandbox == "none":
         warn("execute.sandbox: none runs code from the input file without a sandbox, as this user: unsafe")

@@ -13,7 +13,7 @@ from solver.hardware import pick_dtype
 from solver.journal import sha256_file
 
 
-def cached_index(data: str, split: str | None = None, model: str = DEFAULT_MODEL, quiet: bool = True) -> Index:
+def cached_index(data: str, split: str | None = None, model: str = DEFAULT_MODEL) -> Index:
     """Index the labelled questions of `data` (only the hash split `split`, if given):
     evaluating on another split of the same file then never sees its own rows.
 
@@ -28,6 +28,6 @@ def cached_index(data: str, split: str | None = None, model: str = DEFAULT_MODEL
         return Index.load(folder)
     loaded = load_questions(data, labelled=True)
     questions = [q for q in loaded.questions if split is None or split_of(q.task_id) == split]
-    ix = Index.build(questions, model, show_progress=not quiet, source=data, skipped=dict(loaded.skipped), dtype=dtype)
+    ix = Index.build(questions, model, source=data, skipped=dict(loaded.skipped), dtype=dtype)
     ix.save(folder)
     return ix

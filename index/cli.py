@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from index.embed import DEFAULT_MODEL
-from solver.console import err, out, reported, skipped_note
+from solver.console import err, out, progress_callback, reported, skipped_note
 from solver.data import load_questions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
@@ -35,8 +35,9 @@ def build(
         from index.store import Index
 
         loaded = load_questions(data, labelled=True)
-        ix = Index.build(loaded.questions, model, kind, nprobe=nprobe, ef_search=ef_search, batch_size=batch_size,
-                         show_progress=not quiet, source=data, skipped=dict(loaded.skipped), dtype=dtype)
+        with progress_callback("texts", "embedding", disable=quiet) as progress:  # on stderr: stdout is for results
+            ix = Index.build(loaded.questions, model, kind, nprobe=nprobe, ef_search=ef_search, batch_size=batch_size,
+                             progress=progress, source=data, skipped=dict(loaded.skipped), dtype=dtype)
         ix.save(out_dir)
     m = ix.manifest
     out.print(f"indexed {m['count']} questions from {data} into {out_dir} ({m['index_kind']}, {m['dimension']} dimensions, "
@@ -61,7 +62,8 @@ def query(
 
         ix = Index.load(index, model, nprobe=nprobe, ef_search=ef_search)
         questions = load_questions(input, labelled=labelled).questions
-        results = ix.query(questions, k, min_score, show_progress=not quiet)
+        with progress_callback("texts", "querying", disable=quiet) as progress:
+            results = ix.query(questions, k, min_score, progress=progress)
     for r in results:
         typer.echo(r.model_dump_json())
     if not quiet:

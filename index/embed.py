@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from solver import registry
-from solver.console import progress_bar
 from solver.hardware import DTYPES, pick_dtype
 from solver.prompts import question_text as prompt_question_text
 from solver.types import Question, UserError, question_body
@@ -123,12 +123,12 @@ def get_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: str =
     return _LOADED[key]
 
 
-def embed_texts(model, texts: list[str], batch_size: int = 64, show_progress: bool = False,
-                description: str = "embedding") -> np.ndarray:
+def embed_texts(model, texts: list[str], batch_size: int = 64,
+                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """float32 L2-normalised embeddings, one row per text, in the order given.
 
-    Texts are embedded longest first in fixed chunks (less padding per batch), with a
-    rich progress bar when `show_progress`.
+    Texts are embedded longest first in fixed chunks (less padding per batch);
+    `progress(done, total)` after each chunk (the caller draws it).
     """
     dim = dimension(model)
     out = np.zeros((len(texts), dim), dtype=np.float32)
@@ -136,14 +136,13 @@ def embed_texts(model, texts: list[str], batch_size: int = 64, show_progress: bo
         return out
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     chunk = max(batch_size, 256)
-    with progress_bar("texts", disable=not show_progress) as bar:  # on stderr: stdout is for results
-        task = bar.add_task(description, total=len(texts))
-        for start in range(0, len(order), chunk):
-            idx = order[start : start + chunk]
-            vecs = model.encode([texts[i] for i in idx], batch_size=batch_size, convert_to_numpy=True,
-                                normalize_embeddings=True, show_progress_bar=False)
-            out[idx] = np.asarray(vecs, dtype=np.float32)
-            bar.advance(task, len(idx))
+    for start in range(0, len(order), chunk):
+        idx = order[start : start + chunk]
+        vecs = model.encode([texts[i] for i in idx], batch_size=batch_size, convert_to_numpy=True,
+                            normalize_embeddings=True, show_progress_bar=False)
+        out[idx] = np.asarray(vecs, dtype=np.float32)
+        if progress:
+            progress(min(start + chunk, len(order)), len(order))
     # normalise again in float32: a bf16 model's unit vectors are not quite unit in fp32
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     np.divide(out, np.maximum(norms, 1e-12), out=out)

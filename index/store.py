@@ -15,6 +15,7 @@ import math
 import os
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from solver.journal import atomic_dir, sha256_file
 from solver.types import LETTERS, Question, UserError
 
 KINDS = ("auto", "flat", "ivf", "hnsw")
+Progress = Callable[[int, int], None]  # (texts embedded, total): the caller draws it
 AUTO_THRESHOLD = 100_000  # auto: exact below this many vectors (flat is ~6 ms/query at 100k on 1 CPU core), IVF from it
 DEFAULT_NPROBE = 32  # IVF lists visited per query (see eval/bench_index.py)
 DEFAULT_EF_SEARCH = 96  # HNSW candidate list per query (see eval/bench_index.py)
@@ -147,7 +149,7 @@ class Index:
     @classmethod
     def build(cls, questions: list[Question], model: str = DEFAULT_MODEL, kind: str = "auto", *,
               nprobe: int | None = None, ef_search: int | None = None, batch_size: int = 64,
-              show_progress: bool = False, source: str | Path | None = None, skipped: dict | None = None,
+              progress: Progress | None = None, source: str | Path | None = None, skipped: dict | None = None,
               dtype: str = "auto") -> Index:
         """Embed labelled questions (question + options) and index them (dtype: solver.hardware)."""
         _check(questions)
@@ -155,7 +157,7 @@ class Index:
         dtype = pick_dtype(dtype)
         encoder = get_model(model, dtype=dtype)
         start = time.perf_counter()
-        vectors = embed_texts(encoder, [question_text(q) for q in questions], batch_size, show_progress)
+        vectors = embed_texts(encoder, [question_text(q) for q in questions], batch_size, progress)
         ix = cls.from_vectors(questions, vectors, model, kind, nprobe=nprobe, ef_search=ef_search,
                               source=source, skipped=skipped, dtype=dtype, encoder=encoder)
         ix.manifest["embed_seconds"] = round(time.perf_counter() - start - ix.manifest["build_seconds"], 3)
@@ -340,7 +342,7 @@ class Index:
             f"exact copy of {ids} (stored answer {first.answer}, this question's {letter})")
 
     def query(self, questions: list[Question], k: int = 5, min_score: float = 0.5, *,
-              exclude_same_text: bool = True, batch_size: int = 64, show_progress: bool = False) -> list[QueryResult]:
+              exclude_same_text: bool = True, batch_size: int = 64, progress: Progress | None = None) -> list[QueryResult]:
         """Exact duplicates and the top-k neighbours (cosine >= min_score) of each question.
 
         A question never finds itself: stored rows with its task_id, or (exclude_same_text)
@@ -355,7 +357,7 @@ class Index:
             results.append(QueryResult(task_id=q.task_id, duplicate=dup, note=note))
         if k == 0 or not questions:
             return results
-        vectors = embed_texts(self.model, [question_text(q) for q in questions], batch_size, show_progress, "querying")
+        vectors = embed_texts(self.model, [question_text(q) for q in questions], batch_size, progress)
         texts = [normalise(q.question) for q in questions]
         excluded = [self._texts[t] if exclude_same_text else 0 for t in texts]
         excluded = [e + (q.task_id in self._row) for e, q in zip(excluded, questions)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import math
 import os
 from abc import ABC, abstractmethod
@@ -21,6 +22,7 @@ from solver.config import BackboneConfig
 from solver.hardware import available_gb, cpu_engine_env, cpu_has_bf16, cuda_capability, environ, kv_cache_gb, pick_dtype
 from solver.models import adapter_config, merged_model, resolve_adapter, resolve_model
 
+log = logging.getLogger(__name__)  # warnings the user can act on: the CLI shows them (solver/console.py)
 MAX_LOGPROBS = 32  # at least 26 letters; what the engine is started to allow
 
 
@@ -58,9 +60,7 @@ def engine_dtype(cfg: BackboneConfig) -> str:
     emulates it gets a warning the user can act on."""
     dtype = run_dtype(cfg)
     if dtype == "bfloat16" and cuda_capability() is None and not cpu_has_bf16():
-        from solver.console import warn
-
-        warn(f"backbone '{cfg.label}' runs in bfloat16, which this CPU emulates (no AVX512-BF16/AMX): "
+        log.warning(f"backbone '{cfg.label}' runs in bfloat16, which this CPU emulates (no AVX512-BF16/AMX): "
              "3-6x slower than float32; set dtype: auto")
     return dtype
 
@@ -72,9 +72,7 @@ def engine_limits(cfg: BackboneConfig) -> dict:
     with which other prompts, change its numbers. A prompt is never split over steps."""
     kv, free = kv_cache_gb(cfg.kv_cache_gb), available_gb()
     if cuda_capability() is None and kv > free:
-        from solver.console import warn
-
-        warn(f"backbone '{cfg.label}': KV cache of {kv} GiB, but only {free:.1f} GiB of memory is free; "
+        log.warning(f"backbone '{cfg.label}': KV cache of {kv} GiB, but only {free:.1f} GiB of memory is free; "
              "set kv_cache_gb lower")
     return dict(max_num_seqs=1 if cfg.batch_invariant else cfg.max_num_seqs,
                 max_num_batched_tokens=max(cfg.max_model_len, 4096),

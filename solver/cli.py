@@ -23,7 +23,8 @@ from index.cli import app as index_app  # noqa: E402
 from solver.backbone import run_dtype  # noqa: E402
 from solver.cache import cache_path  # noqa: E402
 from solver.config import load_config, with_labelled  # noqa: E402
-from solver.console import chatter_to_log, err, fail, log_note, out, progress_bar, reported, skipped_note, warn  # noqa: E402
+from solver.console import (chatter_to_log, err, fail, log_note, out, progress_bar, progress_callback, reported,  # noqa: E402
+                            skipped_note, warn)
 from solver.data import load_questions, split_of  # noqa: E402
 from solver.journal import Journal, atomic_write, submission_csv, traces_jsonl  # noqa: E402
 from solver.hardware import machine  # noqa: E402
@@ -178,11 +179,9 @@ def models_pull(name: str = typer.Argument(..., help="A registered name (solver 
     from solver.registry import entry, location, pull
 
     with reported("the parts downloaded so far are kept; run the same command again to resume"):
-        known = entry(name)
-        here = location(known) if known else None
-        with progress_bar("parts", disable=known is None or here is not None) as bar:
-            task = bar.add_task(f"pull {name}", total=None)
-            path = pull(name, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        here = location(entry(name)) if entry(name) else None
+        with progress_callback("parts", f"pull {name}") as progress:
+            path = pull(name, progress=progress)
         out.print(f"{name}: {path}{' (already here)' if here else ''}", highlight=False)
 
 

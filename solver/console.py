@@ -9,6 +9,7 @@ copies of the real ones.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -77,6 +78,17 @@ def warn(message: str) -> None:
     err.print(f"warning: {message}", highlight=False, markup=False, soft_wrap=True)
 
 
+class _Warnings(logging.Handler):
+    """The libraries log their warnings (logging.getLogger(__name__)); the application shows them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        warn(record.getMessage())
+
+
+for _name in ("solver", "graphs", "index", "finetune"):  # our packages' loggers: on the terminal, one line each
+    logging.getLogger(_name).addHandler(_Warnings(logging.WARNING))
+
+
 def fail(message: str, code: int = 2):
     err.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -98,6 +110,26 @@ def progress_bar(unit: str, disable: bool = False, console: Console | None = Non
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit), TimeElapsedColumn(),
                TimeRemainingColumn())
     return Progress(*columns, console=console or err, disable=disable, transient=False)
+
+
+@contextmanager
+def progress_callback(unit: str, description: str, disable: bool = False):
+    """A `(done, total)` callback for a library that reports progress; the bar appears at the
+    first report, so a command that fails before any work prints its error line alone."""
+    bar, task = progress_bar(unit, disable=disable), None
+
+    def report(done: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task(description, total=total)
+        bar.update(task, completed=done, total=total)
+
+    try:
+        yield report
+    finally:
+        if task is not None:
+            bar.stop()
 
 
 def skipped_note(loaded) -> str:
