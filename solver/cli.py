@@ -14,28 +14,32 @@ from typing import Optional
 
 import typer
 
-# An in-process engine: no spawned engine process to outlive a killed run. Quiet logs.
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from index.cli import app as index_app  # noqa: E402
-from solver.backbone import run_dtype  # noqa: E402
-from solver.cache import cache_path  # noqa: E402
-from solver.config import load_config, with_labelled  # noqa: E402
-from solver.console import (chatter_to_log, err, fail, log_note, out, progress_bar, progress_callback, reported,  # noqa: E402
+from index.cli import app as index_app
+from solver.backbone import run_dtype
+from solver.cache import cache_path
+from solver.config import load_config, with_labelled
+from solver.console import (chatter_to_log, err, fail, log_note, out, progress_bar, progress_callback, reported,
                             skipped_note, warn)
-from solver.data import load_questions, split_of  # noqa: E402
-from solver.journal import Journal, atomic_write, submission_csv, traces_jsonl  # noqa: E402
-from solver.hardware import machine  # noqa: E402
-from solver.models import resolve_model  # noqa: E402
-from solver.runner import answer_all, fingerprint, score  # noqa: E402
+from solver.data import load_questions, split_of
+from solver.hardware import machine
+from solver.journal import Journal, atomic_write, submission_csv, traces_jsonl
+from solver.models import resolve_model
+from solver.runner import answer_all, fingerprint, score
 
 LABELLED = typer.Option(None, "--labelled", "-l", help="Your solved questions (CSV, JSONL or parquet, with answers): "
                         "retrieval's index, worked examples and the solved-copy shortcut.")
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Engine and library logs here, not in the cache's logs/.")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 app.add_typer(index_app, name="index")
+
+
+@app.callback()
+def _environment():
+    # Set when a command runs, not when this module is imported: an in-process engine (no
+    # spawned engine process to outlive a killed run), and quiet libraries.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _journal_path(path: Path) -> Path:
