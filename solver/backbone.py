@@ -231,7 +231,7 @@ class ServerBackbone(Backbone):
     @staticmethod
     def _served_url(cfg: BackboneConfig) -> str:
         """No base_url: the server `solver serve` started for this backbone."""
-        from solver.server import registry_dir, served
+        from solver.served import registry_dir, served
 
         entry = served(cfg.label)
         if entry is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -13,10 +12,9 @@ from pathlib import Path
 
 from solver.backbone import MAX_LOGPROBS, engine_dtype, engine_limits, lora_rank, model_and_adapter
 from solver.config import BackboneConfig
-from solver.cache import cache_path
 from solver.hardware import cpu_engine_env, cuda_capability
-from solver.journal import atomic_write
 from solver.models import resolve_model
+from solver.served import register, registry_dir, served, unregister
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -109,40 +107,6 @@ def stop_server(proc: subprocess.Popen, timeout_s: float = 30) -> None:
     else:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-
-
-# Where `solver serve` records the servers it runs, one JSON file per backbone label, so
-# that `solver run` and `solver eval` with the same config find them.
-def registry_dir() -> Path:
-    return cache_path("serve")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
-def register(label: str, url: str, pid: int, model: str) -> None:
-    registry_dir().mkdir(parents=True, exist_ok=True)
-    atomic_write(registry_dir() / f"{label}.json", json.dumps({"label": label, "base_url": url, "pid": pid, "model": model}))
-
-
-def unregister(label: str) -> None:
-    (registry_dir() / f"{label}.json").unlink(missing_ok=True)
-
-
-def served(label: str) -> dict | None:
-    """The live server `solver serve` runs for a backbone, or None."""
-    path = registry_dir() / f"{label}.json"
-    if not path.is_file():
-        return None
-    entry = json.loads(path.read_text())
-    return entry if _alive(entry["pid"]) else None
 
 
 def serve_all(backbones: list[BackboneConfig], host: str = "127.0.0.1", say=print, timeout_s: float = 900) -> int:
