@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from graphs.execute import evidence, job_for, run_jobs  # noqa: E402
 from solver import sandbox  # noqa: E402
 from solver.config import ExecuteConfig  # noqa: E402
-from solver.data import load_questions, split_of  # noqa: E402
+from solver.data import in_split, load_questions  # noqa: E402
 from solver.hardware import machine  # noqa: E402
 
 from report import bench_file  # noqa: E402
@@ -43,7 +43,7 @@ def main():
     args = ap.parse_args()
     if sandbox.available() is None:
         sys.exit("no sandbox (bwrap) on this machine: nothing is run")
-    qs = [q for q in load_questions(args.data, labelled=True).questions if args.split == "all" or split_of(q.task_id) == args.split]
+    qs = in_split(load_questions(args.data, labelled=True).questions, args.split)
     jobs = [(q, j) for q in qs if (j := job_for(q)) and sandbox.runtimes()[j.language]]
     start = time.perf_counter()
     results = run_jobs([j for _, j in jobs], ExecuteConfig(timeout_s=args.timeout, workers=args.workers))

@@ -37,7 +37,7 @@ from finetune.activations import ActivationCache  # noqa: E402
 from finetune.config import FinetuneConfig  # noqa: E402
 from finetune.data import build_examples  # noqa: E402
 from finetune.train import Collate, answer_logits, items, answer_loss, load_model, pick_dtype  # noqa: E402
-from solver.data import load_questions, split_of  # noqa: E402
+from solver.data import in_split, load_questions  # noqa: E402
 from solver.models import resolve_model  # noqa: E402
 
 
@@ -71,7 +71,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = pick_dtype(args.dtype, device)
     path = resolve_model(args.model)
-    questions = [q for q in load_questions(args.data, labelled=True).questions if split_of(q.task_id) == "train"][: args.n]
+    questions = in_split(load_questions(args.data, labelled=True).questions, "train")[: args.n]
     ks = [int(k) for k in args.layers.split(",")]
     seconds, tokens = {}, None
     for variant in ["forward", "full"] + [f"top-{k}" for k in ks]:

@@ -36,10 +36,10 @@ def main():
     from graphs.build import GraphRunner
     from solver.api import Solver
     from solver.config import load_config, with_labelled
-    from solver.data import load_questions, split_of
+    from solver.data import in_split, load_questions
 
     cfg = with_labelled(load_config(args.config), args.data, held_out=True)[0]  # retrieval: split train only
-    questions = [q for q in load_questions(args.data, labelled=True).questions if split_of(q.task_id) == "dev"][: args.n]
+    questions = in_split(load_questions(args.data, labelled=True).questions, "dev")[: args.n]
     solver = Solver(cfg)
     runner = solver.graph  # builds or loads the index
     recorded = []  # (backbone label, requests) of every batched LLM call, in order

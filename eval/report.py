@@ -38,11 +38,10 @@ def backbone_pair(bcfg):
 
 def dev_test(data, dev_n=None, test_n=None):
     """train.csv's hash splits `dev` (tuning) and `test` (reporting), optionally cut short."""
-    from solver.data import load_questions, split_of
+    from solver.data import in_split, load_questions
 
     labelled = load_questions(data, labelled=True).questions
-    return ([q for q in labelled if split_of(q.task_id) == "dev"][:dev_n],
-            [q for q in labelled if split_of(q.task_id) == "test"][:test_n])
+    return in_split(labelled, "dev")[:dev_n], in_split(labelled, "test")[:test_n]
 
 
 def run(cfg, backbones: dict, index, questions):

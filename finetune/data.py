@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetune.config import FinetuneConfig
-from solver.data import DataError, load_questions, split_of
+from solver.data import DataError, in_split, load_questions
 from solver.models import ModelError
 from solver.prompts import PromptTooLong, answer_prompt
 from solver.types import LETTERS, Question
@@ -40,8 +40,8 @@ def letter_token_ids(tokenizer, letters: list[str]) -> list[int]:
 def load_splits(path: str | Path, cfg: FinetuneConfig) -> tuple[list[Question], list[Question]]:
     """(train, val) questions: the first n_train of train_split, the first val_n of val_split."""
     questions = load_questions(path, labelled=True).questions  # unusable labels are dropped and counted there
-    train = [q for q in questions if split_of(q.task_id) == cfg.train_split][: cfg.n_train]
-    val = [q for q in questions if split_of(q.task_id) == cfg.val_split][: cfg.val_n]
+    train = in_split(questions, cfg.train_split)[: cfg.n_train]
+    val = in_split(questions, cfg.val_split)[: cfg.val_n]
     for name, rows, split in (("training", train, cfg.train_split), ("validation", val, cfg.val_split)):
         if not rows:
             raise DataError(f"{path}: no usable {name} rows (no labelled question falls in split '{split}')")

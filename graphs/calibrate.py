@@ -21,7 +21,7 @@ from graphs.debias import Prior, cyclic, estimate, sample
 from solver.backbone import BackboneError
 from solver.cache import cache_path
 from solver.config import SolverConfig
-from solver.data import DataError, load_questions, split_of
+from solver.data import DataError, in_split, load_questions
 from solver.journal import atomic_write, sha256_file
 from solver.prompts import PromptTooLong, answer_prompt
 from solver.types import Question, top_letter
@@ -34,7 +34,7 @@ def _cache(path: Path, what: str, key: object) -> Path:
 def _questions(path: str, split: str | None, what: str) -> list[Question]:
     if not Path(path).is_file():
         raise DataError(f"{path}: no such file (the questions for {what})")
-    qs = [q for q in load_questions(path, labelled=True).questions if split is None or split_of(q.task_id) == split]
+    qs = in_split(load_questions(path, labelled=True).questions, split)
     if not qs:
         raise DataError(f"{path}: no labelled questions in split {split} ({what})")
     return qs

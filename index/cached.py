@@ -8,7 +8,7 @@ from pathlib import Path
 from index.embed import DEFAULT_MODEL
 from index.store import Index
 from solver.cache import cache_path
-from solver.data import DataError, load_questions, split_of
+from solver.data import DataError, in_split, load_questions
 from solver.hardware import pick_dtype
 from solver.journal import sha256_file
 
@@ -27,7 +27,7 @@ def cached_index(data: str, split: str | None = None, model: str = DEFAULT_MODEL
     if (folder / "manifest.json").is_file():
         return Index.load(folder)
     loaded = load_questions(data, labelled=True)
-    questions = [q for q in loaded.questions if split is None or split_of(q.task_id) == split]
+    questions = in_split(loaded.questions, split)
     ix = Index.build(questions, model, source=data, skipped=dict(loaded.skipped), dtype=dtype)
     ix.save(folder)
     return ix

@@ -18,9 +18,19 @@ from index.cli import app as index_app
 from solver.backbone import run_dtype
 from solver.cache import cache_path
 from solver.config import load_config, with_labelled
-from solver.console import (chatter_to_log, err, fail, log_note, out, progress_bar, progress_callback, reported,
-                            skipped_note, warn)
-from solver.data import load_questions, split_of
+from solver.console import (
+    chatter_to_log,
+    err,
+    fail,
+    log_note,
+    out,
+    progress_bar,
+    progress_callback,
+    reported,
+    skipped_note,
+    warn,
+)
+from solver.data import in_split, load_questions
 from solver.hardware import machine
 from solver.journal import Journal, atomic_write, submission_csv, traces_jsonl
 from solver.models import resolve_model
@@ -139,7 +149,7 @@ def evaluate(
         with reported():
             cfg = _configured(config, labelled, data if split in ("dev", "test") else None)
             loaded = load_questions(data, labelled=True)
-            questions = [q for q in loaded.questions if split == "all" or split_of(q.task_id) == split][:limit]
+            questions = in_split(loaded.questions, split)[:limit]
             jpath = _journal_path(json_out) if json_out else cache_path("eval", f"{cfg.name}-{data.stem}-{split}.journal.jsonl")
             preds, stats, fresh, secs = _solve(cfg, data, questions, jpath, quiet)
         m = score(questions, preds)

@@ -69,6 +69,11 @@ def split_of(task_id: str, dev: float = 0.15, test: float = 0.15) -> str:
     return "dev" if u < dev else "test" if u < dev + test else "train"
 
 
+def in_split(questions: list[Question], split: str | None) -> list[Question]:
+    """The questions of one fixed hash split (`split_of`), in their order; None or "all": all."""
+    return list(questions) if split in (None, "all") else [q for q in questions if split_of(q.task_id) == split]
+
+
 def _read_rows(path: Path) -> list[dict]:
     """Raw rows as dicts, whatever the format; encoding and syntax errors carry a row."""
     suffix = path.suffix.lower()

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from solver.data import DataError, clean_label, group_of, load_questions, parse_choices, split_of
+from solver.data import DataError, clean_label, group_of, in_split, load_questions, parse_choices, split_of
 from tests.conftest import SAMPLE
 
 
@@ -100,3 +100,12 @@ def test_a_huge_field_is_read_and_cut_to_fit(tmp_path, tokenizer):
     assert len(q.question) > 14_000_000 and q.question.endswith("What is x?")
     p = answer_prompt(q, tokenizer, 2048)
     assert p.cut and p.tokens <= 2048 and "What is x?" in p.text and "int x = 0;" in p.text
+
+
+def test_in_split_keeps_one_split_in_order():
+    qs = load_questions(SAMPLE).questions
+    parts = {s: in_split(qs, s) for s in ("train", "dev", "test")}
+    assert sorted(q.task_id for p in parts.values() for q in p) == sorted(q.task_id for q in qs)
+    assert all(split_of(q.task_id) == s for s, p in parts.items() for q in p)
+    assert in_split(qs, None) == qs == in_split(qs, "all")
+    assert [q.task_id for q in parts["train"]] == [q.task_id for q in qs if q in parts["train"]]  # input order
