@@ -43,6 +43,7 @@ def own_cache(folder: Path) -> Path:
 _SESSION_CACHE = own_cache(Path(tempfile.mkdtemp(prefix="codemcq-tests-")))
 atexit.register(shutil.rmtree, _SESSION_CACHE, True)
 os.environ["CODEMCQ_CACHE"] = str(_SESSION_CACHE)
+
 SMALL = dict(max_model_len=2048, kv_cache_gb=1)
 # How far two computations of one probability may differ when they are not the same
 # computation (a prompt in a batch against the same prompt alone; the engine against a
