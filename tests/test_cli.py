@@ -4,7 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import SAMPLE
+
+pytestmark = pytest.mark.slow  # starts a vLLM engine or server, or runs the CLI in its own process
 
 
 def test_run_is_quiet_and_names_its_log(tmp_path, cache):

@@ -25,6 +25,8 @@ from solver.prompts import answer_prompt
 from solver.types import UserError
 from tests.conftest import SAMPLE
 
+pytestmark = pytest.mark.slow  # trains, and starts vLLM engines and servers
+
 # A tiny run on the sample: 2 training questions in one step, validated on the 3 dev questions.
 TINY = dict(dtype="float32", rank=4, max_len=160, batch_size=2, n_train=2, epochs=1, val_n=3, eval_every=1, warmup=0.0)
 

@@ -12,8 +12,9 @@ from solver.api import Solver
 from solver.config import SolverConfig
 from solver.data import load_questions
 from solver.hardware import pick_dtype
-from tests.conftest import PROB_TOL, SAMPLE, SMALL
-from tests.conftest import interrupt, questions_file, run_cmd
+from tests.conftest import PROB_TOL, SAMPLE, SMALL, interrupt, questions_file, run_cmd
+
+pytestmark = pytest.mark.slow  # starts a vLLM engine or server, or runs the CLI in its own process
 
 FULL = {"answer": {"orders": 2}, "graph": {"enabled": True}, "verify": {"enabled": True, "accept": 0.5},
         "retrieve": {"enabled": True, "floor": 0.3, "min_score": 0.3}, "reanswer": {"enabled": True}}

@@ -286,6 +286,7 @@ def train_ix(shared):
     return Index.build(loaded.questions, source=shared / "train.csv", skipped=dict(loaded.skipped))
 
 
+@pytest.mark.slow  # embeds all of train.csv
 def test_train_duplicates_answer_test(train_ix, shared):
     assert train_ix.manifest["skipped_rows"]  # the dirty rows are counted, not indexed
     test = load_questions(shared / "test.csv").questions
@@ -302,6 +303,7 @@ def test_train_duplicates_answer_test(train_ix, shared):
     assert all("disagree" in r.note or "twice" in r.note for r in refused)
 
 
+@pytest.mark.slow
 def test_train_queried_with_itself_never_leaks(train_ix, shared):
     train = load_questions(shared / "train.csv", labelled=True).questions[:40]
     for q, r in zip(train, train_ix.query(train, k=3, min_score=0.0)):

@@ -94,6 +94,7 @@ def _solver(args, cwd, env):
     return subprocess.run([sys.executable, "-m", "solver.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_a_plain_clone_runs_the_default_and_names_every_fix(tmp_path):
     """What `make run` does, from an empty cache and no benchmark data: the embedded model is
     dequantized into the cache and answers; a shipped config whose model is not here, or a

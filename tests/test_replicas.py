@@ -71,6 +71,7 @@ def replica(tmp_path_factory):
     log.close()
 
 
+@pytest.mark.slow
 def test_two_replicas_answer_like_one_server(server, replica, monkeypatch):
     """The graph (two option orders and verify: three prompts per question) through two
     batch-invariant replicas gives one server's letters; every prompt of a question went to

@@ -6,7 +6,11 @@ itself after its Nth journaled batch), so no test races the run with a timer."""
 import signal
 import subprocess
 
+import pytest
+
 from tests.conftest import ROOT, interrupt, questions_file, run_cmd
+
+pytestmark = pytest.mark.slow  # starts a vLLM engine or server, or runs the CLI in its own process
 
 
 def test_resume_after_kill_and_ctrl_c(tmp_path):

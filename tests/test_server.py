@@ -11,8 +11,9 @@ from solver.backbone import BackboneError, ServerBackbone
 from solver.config import BackboneConfig, SolverConfig
 from solver.data import load_questions
 from solver.server import free_port
-from tests.conftest import PROB_TOL, SAMPLE, SMALL
-from tests.conftest import run_cmd
+from tests.conftest import PROB_TOL, SAMPLE, SMALL, run_cmd
+
+pytestmark = pytest.mark.slow  # starts a vLLM engine or server, or runs the CLI in its own process
 
 
 def test_server_answers_like_the_engine(server, engine_solver, monkeypatch, tmp_path):

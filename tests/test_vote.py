@@ -15,8 +15,9 @@ import pytest
 from solver.api import Solver
 from solver.config import load_config
 from solver.data import load_questions
-from tests.conftest import SAMPLE, SMALL
-from tests.conftest import answers_in, questions_file, run_cmd
+from tests.conftest import SAMPLE, SMALL, answers_in, questions_file, run_cmd
+
+pytestmark = pytest.mark.slow  # starts a vLLM engine or server, or runs the CLI in its own process
 
 VOTE = {"backbones": [SMALL | {"kind": "server", "served_name": n} for n in ("alpha", "beta")],
         "answer": {"orders": 2, "batch_size": 8}, "graph": {"enabled": True}, "vote": {"rule": "weighted"}}
