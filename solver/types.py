@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 
 from pydantic import BaseModel, Field
 
 LETTERS = string.ascii_uppercase  # option i is LETTERS[i]; 2 to 26 options
+Progress = Callable[[int, int], None]  # a library's (done, total) report; the application draws it
 
 
 def letters_for(n_options: int) -> list[str]:

@@ -49,7 +49,7 @@ def parts(tmp_path, monkeypatch, empty):
     whole = b"".join(chunks)
 
     def register(sha: str) -> str:
-        e = Entry("test-model", "llm", "three parts", "parts", len(whole), path="test-model.gguf", sha256=sha,
+        e = Entry("test-model", "llm", "parts", len(whole), path="test-model.gguf", sha256=sha,
                   parts=tuple(Part(f"codemcq-test-part{i}", "0.1.0", f"codemcq_test_part{i}/data/part{i}.bin")
                               for i in range(1, 4)))
         monkeypatch.setitem(registry.MODELS, e.name, e)
