@@ -130,3 +130,10 @@ def test_nothing_a_user_runs_names_the_benchmark_folder():
 def test_a_registered_name_resolves_like_its_file(cache):
     """The embedded default by name is the dequantized folder under the cache's models/."""
     assert Path(resolve_model("smollm2-135m-instruct")).parent == cache / "models"
+
+
+def test_unknown_names_are_one_line(empty):
+    with pytest.raises(ModelError, match=r"^model 'nope': not a registered name \(smollm2-135m-instruct, "):
+        registry.pull("nope")
+    with pytest.raises(ModelError, match=r"^model 'nope': not a registered name .*a local folder, a \.gguf file or a hub id$"):
+        resolve_model("nope")
