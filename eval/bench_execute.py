@@ -3,10 +3,10 @@
 Usage: python eval/bench_execute.py [--data TRAIN (default: $CODEMCQ_BENCH_DATA/train.csv)] [--split dev]
                                     [--workers 2] [--timeout 5]
 
-For every question graphs/execute.py can run (output prediction: the snippet once;
+For every question execution/recognise.py can run (output prediction: the snippet once;
 completion with examples: each option's body against the docstring's examples;
 behaviour: the program compiled only), the
-programs run in the sandbox (solver/sandbox.py; runs cached in the cache root's exec/), and what the
+programs run in the sandbox (execution/sandbox.py; runs cached in the cache root's exec/), and what the
 runs leave is compared with the label, per language and kind of evidence: runs, settled
 (exactly one option left), right (that option is the label), precision (right / settled),
 how often the label was among the options ruled out, and, where the runs narrow the
@@ -18,20 +18,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from graphs.execute import evidence, job_for, run_jobs  # noqa: E402
-from solver import sandbox  # noqa: E402
+from execution import sandbox  # noqa: E402
+from execution.evidence import evidence  # noqa: E402
+from execution.recognise import job_for  # noqa: E402
 from solver.config import ExecuteConfig  # noqa: E402
-from solver.data import in_split, load_questions  # noqa: E402
 from solver.hardware import machine  # noqa: E402
 
-from report import bench_file  # noqa: E402
+from report import Timer, bench_file, labelled  # noqa: E402
 
 
 def main():
@@ -43,11 +42,11 @@ def main():
     args = ap.parse_args()
     if sandbox.available() is None:
         sys.exit("no sandbox (bwrap) on this machine: nothing is run")
-    qs = in_split(load_questions(args.data, labelled=True).questions, args.split)
+    qs = labelled(args.data, args.split)
     jobs = [(q, j) for q in qs if (j := job_for(q)) and sandbox.runtimes()[j.language]]
-    start = time.perf_counter()
-    results = run_jobs([j for _, j in jobs], ExecuteConfig(timeout_s=args.timeout, workers=args.workers))
-    seconds = time.perf_counter() - start
+    with Timer() as t:
+        results = sandbox.run_jobs([j for _, j in jobs], ExecuteConfig(timeout_s=args.timeout, workers=args.workers))
+    seconds = t.seconds
     rows: dict[tuple[str, str], Counter] = {}
     for (q, j), rs in zip(jobs, results):
         e = evidence(q, j, rs)

@@ -21,7 +21,6 @@ import os
 import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,8 +35,8 @@ import torch  # noqa: E402
 from finetune.activations import ActivationCache  # noqa: E402
 from finetune.config import FinetuneConfig  # noqa: E402
 from finetune.data import build_examples  # noqa: E402
-from finetune.train import Collate, answer_logits, items, answer_loss, load_model, pick_dtype  # noqa: E402
-from solver.data import in_split, load_questions  # noqa: E402
+from finetune.train import Collate, answer_logits, items, answer_loss, load_for_training, torch_dtype  # noqa: E402
+from report import Timer, labelled  # noqa: E402
 from solver.models import resolve_model  # noqa: E402
 
 
@@ -48,10 +47,10 @@ def batches(examples, size: int) -> list[list[dict]]:
 
 def timed(step, parts) -> float:
     step(parts[0])  # warm-up, untimed
-    start = time.perf_counter()
-    for part in parts:
-        step(part)
-    return time.perf_counter() - start
+    with Timer() as t:
+        for part in parts:
+            step(part)
+    return t.seconds
 
 
 def main() -> None:
@@ -69,15 +68,15 @@ def main() -> None:
     from solver.hardware import machine
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = pick_dtype(args.dtype, device)
+    dtype = torch_dtype(args.dtype, device)
     path = resolve_model(args.model)
-    questions = in_split(load_questions(args.data, labelled=True).questions, "train")[: args.n]
+    questions = labelled(args.data, "train", args.n)
     ks = [int(k) for k in args.layers.split(",")]
     seconds, tokens = {}, None
     for variant in ["forward", "full"] + [f"top-{k}" for k in ks]:
         k = int(variant[4:]) if variant.startswith("top-") else None
         cfg = FinetuneConfig(model=args.model, max_len=args.max_len, layers=k, dropout=0.0)
-        tokenizer, model, start, cache_layer = load_model(path, cfg, device, dtype)
+        tokenizer, model, start, cache_layer = load_for_training(path, cfg, device, dtype)
         examples, _ = build_examples(questions, tokenizer, args.max_len)
         tokens = sum(len(e.prompt) for e in examples)
         cache = None
@@ -85,10 +84,9 @@ def main() -> None:
             base = model.get_base_model()
             with tempfile.TemporaryDirectory() as tmp:
                 cache = ActivationCache(tmp, "bench", cache_layer, dtype, base.config.hidden_size)
-                t0 = time.perf_counter()
-                with model.disable_adapter():
+                with Timer() as t, model.disable_adapter():
                     cache.fill(base, [e.prompt for e in examples])
-                seconds[f"cache@{cache_layer}"] = time.perf_counter() - t0
+                seconds[f"cache@{cache_layer}"] = t.seconds
                 parts = [Collate(cache)(b) for b in batches(examples, args.batch_size)]  # the states read into memory
         else:
             parts = [Collate()(b) for b in batches(examples, args.batch_size)]

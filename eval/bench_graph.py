@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -22,7 +21,7 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from report import bench_file  # noqa: E402
+from report import bench_file, interleaved, labelled  # noqa: E402
 
 
 def main():
@@ -36,10 +35,9 @@ def main():
     from graphs.build import GraphRunner
     from solver.api import Solver
     from solver.config import load_config, with_labelled
-    from solver.data import in_split, load_questions
 
     cfg = with_labelled(load_config(args.config), args.data, held_out=True)[0]  # retrieval: split train only
-    questions = in_split(load_questions(args.data, labelled=True).questions, "dev")[: args.n]
+    questions = labelled(args.data, "dev", args.n)
     solver = Solver(cfg)
     runner = solver.graph  # builds or loads the index
     recorded = []  # (backbone label, requests) of every batched LLM call, in order
@@ -54,12 +52,7 @@ def main():
         for label, reqs in recorded:
             solver.backbones[label].choose([p for p, _, _ in reqs], [o for _, o, _ in reqs], [k for _, _, k in reqs])
 
-    times = {"graph": [], "replay": []}
-    for _ in range(args.rounds):
-        for name, fn in (("graph", graph), ("replay", replay)):
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
+    times = interleaved({"graph": graph, "replay": replay}, args.rounds)
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
     n_prompts = sum(len(r) for _, r in recorded)

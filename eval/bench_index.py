@@ -29,7 +29,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,12 +42,12 @@ sys.path.insert(0, str(ROOT))
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from index.embed import embed_texts, load_model, question_text  # noqa: E402
+from index.embed import embed_texts, load_embedder, embedding_text  # noqa: E402
 from solver.hardware import cpu_has_bf16, describe, pick_dtype  # noqa: E402
 from index.store import DEFAULT_EF_SEARCH, DEFAULT_NPROBE, Index, ivf_nlist, make_index  # noqa: E402
 from solver.data import load_questions  # noqa: E402
 
-from report import bench_file  # noqa: E402
+from report import Timer, bench_file  # noqa: E402
 
 
 def pct(xs, p):
@@ -86,16 +85,16 @@ def bench_embed(texts: list[str], rounds: int = 2) -> None:
     print(f"\n== embed: all-MiniLM-L6-v2 on {len(texts)} training texts (random sample), torch threads {_threads()}")
     print(describe(pick_dtype()))
     print(bf16_support())
-    models = {"float32": load_model(dtype="float32"), "bfloat16": load_model(dtype="bfloat16")}
+    models = {"float32": load_embedder(dtype="float32"), "bfloat16": load_embedder(dtype="bfloat16")}
     pieces = sum(min(len(models["float32"].tokenizer(t)["input_ids"]), models["float32"].max_seq_length) for t in texts)
     best, vecs = {}, {}
     for name, m in models.items():
         embed_texts(m, texts[:16])  # warm-up
     for _ in range(rounds):
         for name, m in models.items():
-            t = time.perf_counter()
-            vecs[name] = embed_texts(m, texts)
-            best[name] = min(best.get(name, 1e9), time.perf_counter() - t)
+            with Timer() as t:
+                vecs[name] = embed_texts(m, texts)
+            best[name] = min(best.get(name, 1e9), t.seconds)
     for name in models:
         print(f"  {name:>8}: {len(texts) / best[name]:7.1f} texts/s  {pieces / best[name]:8.0f} word pieces/s")
     cos = (vecs["float32"] * vecs["bfloat16"]).sum(1)
@@ -115,9 +114,9 @@ def bench_train(data: Path, queries_from: Path, dtype: str, n_single: int, n_bat
     loaded = load_questions(data, labelled=True)
     test = load_questions(queries_from).questions
     print(f"\n== train: Index.build on {data.name} ({len(loaded.questions)} questions, dtype {dtype}), queries from {queries_from.name}")
-    t = time.perf_counter()
-    ix = Index.build(loaded.questions, dtype=dtype, source=data)
-    total = time.perf_counter() - t
+    with Timer() as t:
+        ix = Index.build(loaded.questions, dtype=dtype, source=data)
+    total = t.seconds
     m = ix.manifest
     print(f"  build {total:.1f} s: embedding {m['embed_seconds']:.1f} s "
           f"({len(loaded.questions) / m['embed_seconds']:.1f} texts/s), FAISS flat {m['build_seconds'] - m['embed_seconds']:.3f} s")
@@ -126,21 +125,21 @@ def bench_train(data: Path, queries_from: Path, dtype: str, n_single: int, n_bat
     ix.query(pick[:4], k=5)  # warm-up
     single = []
     for q in pick:
-        t = time.perf_counter()
-        ix.query([q], k=5)
-        single.append(time.perf_counter() - t)
-    qv = embed_texts(ix.model, [question_text(q) for q in pick])
+        with Timer() as t:
+            ix.query([q], k=5)
+        single.append(t.seconds)
+    qv = embed_texts(ix.model, [embedding_text(q) for q in pick])
     faiss_only = []
     for v in qv:
-        t = time.perf_counter()
-        ix.search(v[None], 5 + 8)
-        faiss_only.append(time.perf_counter() - t)
+        with Timer() as t:
+            ix.search(v[None], 5 + 8)
+        faiss_only.append(t.seconds)
     print(f"  single query (embed + search + duplicate): p50 {ms(pct(single, 50))} p99 {ms(pct(single, 99))} over {len(pick)}")
     print(f"  single query, FAISS flat search alone:     p50 {ms(pct(faiss_only, 50))} p99 {ms(pct(faiss_only, 99))}")
     batch = test[:n_batch]
-    t = time.perf_counter()
-    res = ix.query(batch, k=5)
-    b = time.perf_counter() - t
+    with Timer() as t:
+        res = ix.query(batch, k=5)
+    b = t.seconds
     print(f"  batched ({len(batch)} questions, one call): {b:.2f} s, {ms(b / len(batch))} per question; "
           f"{sum(r.duplicate is not None for r in res)} exact duplicates among them")
     dups = ix.query(test, k=0)
@@ -178,29 +177,29 @@ def single_latency(index, queries: np.ndarray, k: int = 5) -> tuple[float, float
     faiss.omp_set_num_threads(1)
     times = []
     for q in queries:
-        t = time.perf_counter()
-        index.search(q[None], k)
-        times.append(time.perf_counter() - t)
+        with Timer() as t:
+            index.search(q[None], k)
+        times.append(t.seconds)
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     return pct(times, 50), pct(times, 99)
 
 
 def bench_scale(n: int, d: int, data_kind: str, n_queries: int) -> None:
     rng = np.random.default_rng(0)
-    t = time.perf_counter()
-    both = synthetic(n + n_queries, d, data_kind, rng)
+    with Timer() as t:
+        both = synthetic(n + n_queries, d, data_kind, rng)
     x, queries = both[:n], both[n:]
-    print(f"\n== scale: {n:,} x {d} {data_kind} unit vectors, {n_queries} held-out queries (made in {time.perf_counter() - t:.1f} s)")
+    print(f"\n== scale: {n:,} x {d} {data_kind} unit vectors, {n_queries} held-out queries (made in {t.seconds:.1f} s)")
     rows = []
     for kind in ("flat", "ivf", "hnsw"):
-        t = time.perf_counter()
-        index, params = make_index(x, kind)
-        build = time.perf_counter() - t
+        with Timer() as t:
+            index, params = make_index(x, kind)
+        build = t.seconds
         size = len(faiss.serialize_index(index))
         if kind == "flat":
-            t = time.perf_counter()
-            _, truth = index.search(queries, 5)
-            batched = (time.perf_counter() - t) / len(queries)
+            with Timer() as t:
+                _, truth = index.search(queries, 5)
+            batched = t.seconds / len(queries)
             p50, p99 = single_latency(index, queries[: min(200, n_queries)])
             rows.append((kind, "", size, build, p50, p99, batched, 1.0))
             continue
@@ -212,9 +211,9 @@ def bench_scale(n: int, d: int, data_kind: str, n_queries: int) -> None:
             else:
                 index.hnsw.efSearch = value
                 label = f"M {params['M']} efSearch {value}"
-            t = time.perf_counter()
-            _, got = index.search(queries, 5)
-            batched = (time.perf_counter() - t) / len(queries)
+            with Timer() as t:
+                _, got = index.search(queries, 5)
+            batched = t.seconds / len(queries)
             p50, p99 = single_latency(index, queries)
             default = value == (DEFAULT_NPROBE if kind == "ivf" else DEFAULT_EF_SEARCH)
             rows.append((kind + (" *" if default else ""), label, size, build, p50, p99, batched, recall_at(truth, got)))
@@ -251,7 +250,7 @@ def main():
     if not args.skip_embed:
         qs = load_questions(data, labelled=True).questions
         rng = np.random.default_rng(0)
-        bench_embed([question_text(qs[i]) for i in rng.choice(len(qs), min(args.n_embed, len(qs)), replace=False)])
+        bench_embed([embedding_text(qs[i]) for i in rng.choice(len(qs), min(args.n_embed, len(qs)), replace=False)])
     if not args.skip_train:
         dtype = pick_dtype(args.dtype)
         bench_train(data, Path(args.queries_from), dtype, args.n_single, args.n_batch)

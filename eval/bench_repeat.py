@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import signal
 import subprocess
@@ -41,10 +40,13 @@ def solver_cmd(code: Path, *args: str) -> list[str]:
     return [sys.executable, "-c", boot, *args]
 
 
-def run(code: Path, data: str, out: Path, cfg: Path, limit: int, env: dict | None = None) -> tuple[int, float | None]:
-    """(exit status, q/s) of one `solver run`; a finished run leaves `out`."""
-    proc = subprocess.run(solver_cmd(code, "run", "-i", data, "-o", str(out), "-c", str(cfg), "--limit", str(limit), "-q"),
-                          cwd=ROOT, env=os.environ | (env or {}), capture_output=True, text=True, check=False)
+def run(code: Path, data: str, out: Path, cfg: Path, limit: int, kill_after: int | None = None) -> tuple[int, float | None]:
+    """(exit status, q/s) of one `solver run`; a finished run leaves `out`. `kill_after`: this
+    checkout's code, SIGKILLed once that many batches are journaled (tests/faulty.py)."""
+    args = ["run", "-i", data, "-o", str(out), "-c", str(cfg), "--limit", str(limit), "-q"]
+    cmd = solver_cmd(code, *args) if kill_after is None else \
+        [sys.executable, str(ROOT / "tests" / "faulty.py"), f"{kill_after}:SIGKILL", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     m = re.search(r"new\s+at\s+([\d.]+)\s+q/s", proc.stdout)  # rich wraps long lines
     if proc.returncode not in (0, -signal.SIGKILL):
         sys.exit(f"{out.name}: solver run failed ({proc.returncode}): {proc.stderr.strip()[-1500:]}")
@@ -111,8 +113,7 @@ def main():
             csv["batch-invariant"] = fresh(out / "invariant.csv")
             speeds["batch_invariant: true"] = [run(ROOT, args.data, csv["batch-invariant"], inv, args.limit)[1]]
         csv["killed, resumed"] = fresh(out / "resumed.csv")
-        rc, _ = run(ROOT, args.data, csv["killed, resumed"], cfg, args.limit,
-                    {"CODEMCQ_SIGNAL_AFTER": f"{args.kill_after}:SIGKILL"})
+        rc, _ = run(ROOT, args.data, csv["killed, resumed"], cfg, args.limit, kill_after=args.kill_after)
         assert rc == -signal.SIGKILL and not csv["killed, resumed"].exists(), "the run ended before it was killed"
         run(ROOT, args.data, csv["killed, resumed"], cfg, args.limit)
     finally:

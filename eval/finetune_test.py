@@ -21,8 +21,9 @@ from scipy.stats import binomtest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from solver.data import load_questions, split_of  # noqa: E402
+from solver.data import in_split, load_questions  # noqa: E402
 from solver.runner import wilson  # noqa: E402
+from solver.types import Prediction  # noqa: E402
 
 
 def main():
@@ -32,22 +33,21 @@ def main():
     ap.add_argument("rows", nargs="+", help="NAME=METRICS.json")
     args = ap.parse_args()
 
-    labels = {q.task_id: q.answer for q in load_questions(args.data, labelled=True).questions
-              if split_of(q.task_id) == "test"}
+    labels = {q.task_id: q.answer for q in in_split(load_questions(args.data, labelled=True).questions, "test")}
     rows, letters = [], {}
     for spec in args.rows:
         name, _, path = spec.partition("=")
         metrics = json.loads(Path(path).read_text())
         journal = Path(path + ".journal.jsonl").read_text().splitlines()[1:]
-        preds = {p["task_id"]: p for p in map(json.loads, journal)}
+        preds = {p.task_id: p for p in map(Prediction.model_validate_json, journal)}
         missing = set(labels) - set(preds)
         if missing:
             sys.exit(f"{path}: {len(missing)} test questions unanswered (the run is not finished)")
-        letters[name] = {t: preds[t]["letter"] for t in labels}
-        costs = [next(s for s in preds[t]["trace"] if s["step"] == "cost") for t in labels]
+        letters[name] = {t: preds[t].letter for t in labels}
+        costs = [preds[t].cost for t in labels]
         rows.append({"name": name, "questions_per_s": metrics.get("questions_per_s"), "dtype": metrics.get("dtype"),
-                     "machine": metrics.get("machine"), "prompts_per_q": sum(c["calls"] for c in costs) / len(labels),
-                     "tokens_per_q": sum(c["tokens"] for c in costs) / len(labels)})
+                     "machine": metrics.get("machine"), "prompts_per_q": sum(c.calls for c in costs) / len(labels),
+                     "tokens_per_q": sum(c.tokens for c in costs) / len(labels)})
     first = rows[0]["name"]
     n = len(labels)
     lines = [f"Split test of {Path(args.data).name}: {n} questions. Machine: {rows[0]['machine']}.", "",

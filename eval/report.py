@@ -1,10 +1,12 @@
-"""What the ablation scripts share: cached backbones, one run of a config, scoring, the
-Markdown table and the chart. Imported by eval/ablate*.py (run as scripts from eval/)."""
+"""What the eval scripts share: the benchmark file and its labelled questions, one timer,
+cached backbones, one run of a config, scoring, the Markdown table and the charts.
+Imported by the scripts in eval/ (run as scripts: `from report import ...`)."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -18,6 +20,38 @@ def bench_file(name: str = "train.csv") -> dict:
     `CODEMCQ_BENCH_DATA` names (`make bench` and `make test` set it), else required."""
     folder = os.environ.get("CODEMCQ_BENCH_DATA")
     return {"default": str(Path(folder) / name)} if folder else {"required": True}
+
+
+def labelled(data, split: str | None = None, n: int | None = None) -> list:
+    """The labelled questions of `data` in one fixed hash split (None: all), the first `n`."""
+    from solver.data import in_split, load_questions
+
+    return in_split(load_questions(data, labelled=True).questions, split)[:n]
+
+
+class Timer:
+    """`with Timer() as t: ...`, then `t.seconds`: one wall-clock measurement."""
+
+    def __enter__(self) -> "Timer":
+        self.start, self.seconds = time.perf_counter(), None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Each function's seconds in every round, the functions taking turns within a round, so
+    a shared machine's noise falls on all of them alike (report their ratios)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            with Timer() as t:
+                fn()
+            times[name].append(t.seconds)
+    return times
+
+
 HEADER = ["| configuration | accuracy [95% CI] | R->W / W->R flips | LLM prompts/q | prompt tokens/q | sandboxed runs/q | s/q |",
           "| --- | --- | --- | --- | --- | --- | --- |"]
 
@@ -38,22 +72,19 @@ def backbone_pair(bcfg):
 
 def dev_test(data, dev_n=None, test_n=None):
     """train.csv's hash splits `dev` (tuning) and `test` (reporting), optionally cut short."""
-    from solver.data import in_split, load_questions
-
-    labelled = load_questions(data, labelled=True).questions
-    return in_split(labelled, "dev")[:dev_n], in_split(labelled, "test")[:test_n]
+    return labelled(data, "dev", dev_n), labelled(data, "test", test_n)
 
 
 def run(cfg, backbones: dict, index, questions):
     """Predictions (by task_id) and seconds, in the batches `solver run` uses."""
     from solver.api import Solver
 
-    solver = Solver(cfg, index=index, backbones=backbones)
-    start, preds = time.perf_counter(), {}
-    solver.prepare(questions)  # the vote's position priors, from the whole input as `solver run` does
-    for i in range(0, len(questions), cfg.answer.batch_size):
-        preds.update((p.task_id, p) for p in solver.solve_batch(questions[i : i + cfg.answer.batch_size]))
-    return preds, time.perf_counter() - start
+    solver, preds = Solver(cfg, index=index, backbones=backbones), {}
+    with Timer() as t:
+        solver.prepare(questions)  # the vote's position priors, from the whole input as `solver run` does
+        for i in range(0, len(questions), cfg.answer.batch_size):
+            preds.update((p.task_id, p) for p in solver.solve_batch(questions[i : i + cfg.answer.batch_size]))
+    return preds, t.seconds
 
 
 def right(preds, questions, tag=""):
@@ -61,9 +92,9 @@ def right(preds, questions, tag=""):
 
 
 def cost(preds, questions):
-    """LLM prompts, prompt tokens and sandboxed runs per question, from each trace's `cost` step."""
-    costs = [next(t for t in preds[q.task_id].trace if t["step"] == "cost") for q in questions]
-    return tuple(sum(c.get(k, 0) for c in costs) / len(questions) for k in ("calls", "tokens", "runs"))
+    """LLM prompts, prompt tokens and sandboxed runs per question."""
+    costs = [preds[q.task_id].cost for q in questions]
+    return tuple(sum(getattr(c, k) for c in costs) / len(questions) for k in ("calls", "tokens", "runs"))
 
 
 def row(name, preds, questions, ok, seconds=None, flips=None) -> dict:
@@ -87,22 +118,31 @@ def markdown(table) -> list[str]:
     return lines
 
 
-def chart(table, path, title):
-    """Accuracy with its 95% interval per row; the first row (the baseline) in grey, dashed."""
+def figure(path, draw: Callable, size: tuple[float, float], title: str) -> None:
+    """One chart in the house style, written to `path`: `draw(ax)` draws it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(table) + 1.2))
-    ys = range(len(table))[::-1]
-    acc = [r["accuracy"] for r in table]
-    err = [[a - r["lo"] for a, r in zip(acc, table)], [r["hi"] - a for a, r in zip(acc, table)]]
-    ax.barh(list(ys), acc, xerr=err, color=["#999"] + ["#6a5acd"] * (len(table) - 1), capsize=3)
-    ax.set_yticks(list(ys), [r["row"] for r in table])
-    ax.axvline(acc[0], color="#999", ls="--", lw=1)
-    ax.set_xlabel("accuracy (95% interval)")
+    fig, ax = plt.subplots(figsize=size)
+    draw(ax)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def chart(table, path, title):
+    """Accuracy with its 95% interval per row; the first row (the baseline) in grey, dashed."""
+
+    def draw(ax):
+        ys = range(len(table))[::-1]
+        acc = [r["accuracy"] for r in table]
+        err = [[a - r["lo"] for a, r in zip(acc, table)], [r["hi"] - a for a, r in zip(acc, table)]]
+        ax.barh(list(ys), acc, xerr=err, color=["#999"] + ["#6a5acd"] * (len(table) - 1), capsize=3)
+        ax.set_yticks(list(ys), [r["row"] for r in table])
+        ax.axvline(acc[0], color="#999", ls="--", lw=1)
+        ax.set_xlabel("accuracy (95% interval)")
+
+    figure(path, draw, (8, 0.5 * len(table) + 1.2), title)

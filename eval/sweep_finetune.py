@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from report import ROOT, bench_file, dev_test, right, run
+from report import ROOT, bench_file, figure, labelled, right, run
 
 
 def main():
@@ -38,7 +38,7 @@ def main():
 
     cfg = load_config(args.config, FinetuneConfig)
     base = load_config(ROOT / "configs/baseline.yaml")
-    test = dev_test(args.data, test_n=args.test_n)[1]
+    test = labelled(args.data, "test", args.test_n)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -82,22 +82,17 @@ def fmt(x) -> str:
 
 
 def chart(points, path, title):
-    import matplotlib
+    """Accuracy with its 95% interval against the number of training questions."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def draw(ax):
+        xs = [p["n_train"] for p in points]
+        acc = [p["accuracy"] for p in points]
+        ax.errorbar(xs, acc, yerr=[[a - p["lo"] for a, p in zip(acc, points)], [p["hi"] - a for a, p in zip(acc, points)]],
+                    marker="o", capsize=3)
+        ax.set_xlabel("training questions (0: the base model)")
+        ax.set_ylabel("accuracy (95% interval)")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [p["n_train"] for p in points]
-    acc = [p["accuracy"] for p in points]
-    ax.errorbar(xs, acc, yerr=[[a - p["lo"] for a, p in zip(acc, points)], [p["hi"] - a for a, p in zip(acc, points)]],
-                marker="o", capsize=3)
-    ax.set_xlabel("training questions (0: the base model)")
-    ax.set_ylabel("accuracy (95% interval)")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    figure(path, draw, (6, 4), title)
 
 
 if __name__ == "__main__":

@@ -33,23 +33,22 @@ from finetune.config import FinetuneConfig
 from finetune.data import Example, build_examples, load_splits, retrieved_shots
 from solver.cache import cache_path
 from solver.data import DataError
+from solver.hardware import pick_dtype
 from solver.journal import atomic_dir, atomic_write, sha256_file
 from solver.models import merge_adapter, resolve_model
 from solver.types import UserError
 
-Progress = Callable[[str, int, int], None]  # (stage, done, total): the caller draws it
+StageProgress = Callable[[str, int, int], None]  # (stage, done, total): the caller draws it
 
 
-def fingerprint(data_sha256: str, cfg: FinetuneConfig) -> str:
+def run_fingerprint(data_sha256: str, cfg: FinetuneConfig) -> str:
     """A run's identity: the data's content and every config field (not the file's name)."""
     return hashlib.sha256(f"{data_sha256} {cfg.model_dump_json()}".encode()).hexdigest()
 
 
-def pick_dtype(name: str, device: str) -> torch.dtype:
+def torch_dtype(name: str, device: str) -> torch.dtype:
     """`name`, or for auto the dtype the hardware computes natively (solver.hardware)."""
-    from solver.hardware import pick_dtype as pick
-
-    return getattr(torch, pick(name, device))
+    return getattr(torch, pick_dtype(name, device))
 
 
 def model_identity(path: str) -> str:
@@ -76,7 +75,7 @@ def trained_layers(cfg: FinetuneConfig, n: int, device: str) -> tuple[int, int]:
     return start, cache
 
 
-def load_model(path: str, cfg: FinetuneConfig, device: str, dtype: torch.dtype):
+def load_for_training(path: str, cfg: FinetuneConfig, device: str, dtype: torch.dtype):
     """(tokenizer, the base wrapped with a fresh LoRA adapter on the trained layers, first
     trained layer, cached layer); peft keeps the adapter in float32."""
     from peft import LoraConfig, get_peft_model
@@ -180,7 +179,7 @@ def answer_loss(model, batch: dict, over: str = "vocab") -> tuple[torch.Tensor, 
 
 
 def _trainer(model, train: list[Example], val: list[Example], collate: Collate, cfg: FinetuneConfig, out: Path,
-             device: str, dtype: torch.dtype, progress: Progress | None):
+             device: str, dtype: torch.dtype, progress: StageProgress | None):
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     sampler = LengthGrouped([len(e.prompt) for e in train], cfg.batch_size * cfg.grad_accum, cfg.seed)
@@ -257,7 +256,7 @@ def large_blocks_from_mmap(threshold: int = 1 << 20) -> bool:
         return False
 
 
-def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig, progress: Progress | None = None) -> dict:
+def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig, progress: StageProgress | None = None) -> dict:
     """Train a LoRA adapter on `data`'s labelled questions into `out`; the run summary.
 
     Writes out/adapter (the best by validation accuracy; the base model at step 0 is a
@@ -271,7 +270,7 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig, progress: P
     path = resolve_model(cfg.model)
     train_q, val_q = load_splits(data, cfg)
     data_sha = sha256_file(data)
-    fp = fingerprint(data_sha, cfg)
+    fp = run_fingerprint(data_sha, cfg)
     prior = _prior_run(out, fp)
     if prior and prior.get("finished"):
         return prior
@@ -282,8 +281,8 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig, progress: P
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         large_blocks_from_mmap()
-    dtype = pick_dtype(cfg.dtype, device)
-    tokenizer, model, start, cache_layer = load_model(path, cfg, device, dtype)
+    dtype = torch_dtype(cfg.dtype, device)
+    tokenizer, model, start, cache_layer = load_for_training(path, cfg, device, dtype)
     out.mkdir(parents=True, exist_ok=True)
     if not prior:
         atomic_write(out / "run.json", json.dumps({"fingerprint": fp, "finished": False}) + "\n")

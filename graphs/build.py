@@ -7,14 +7,14 @@ import logging
 
 from langgraph.graph import END, START, StateGraph
 
+from execution import sandbox
 from graphs import routing as R
 from graphs.batcher import StepBatcher
-from graphs.execute import run_jobs
 from graphs.nodes import make_nodes
 from graphs.state import State
 from graphs.vote import weighted
 from solver.config import SolverConfig
-from solver.types import Prediction, Question
+from solver.types import Cost, Prediction, Question
 
 
 def enabled_nodes(cfg: SolverConfig) -> list[str]:
@@ -61,7 +61,6 @@ def sandbox_warnings(cfg) -> None:
     """What a user of `execute` must know before the run: no sandbox (nothing runs), no
     sandbox on purpose (unsafe), languages this machine cannot run, runs that may not fit
     in the memory left beside the engine, runs capped per process only (no cgroup)."""
-    from solver import sandbox
     from solver.hardware import available_gb
 
     warn = logging.getLogger(__name__).warning  # the CLI shows it (solver/console.py)
@@ -102,7 +101,7 @@ class GraphRunner:
             k = max(cfg.retrieve.k if cfg.reanswer.enabled else 0, cfg.answer.shots)
             handlers["index"] = lambda qs: index.query(qs, k=k, min_score=cfg.retrieve.min_score)
         if cfg.execute.enabled:  # the sandbox's runs, in a thread: LLM calls of the same step overlap them
-            handlers["execute"] = lambda jobs: asyncio.to_thread(run_jobs, jobs, cfg.execute)
+            handlers["execute"] = lambda jobs: asyncio.to_thread(sandbox.run_jobs, jobs, cfg.execute)
             sandbox_warnings(cfg.execute)
         handlers["vote"] = self._weighted
         self.index, self.confusion, self.hardware, self.extra = index, confusion, hardware or {}, extra or {}
@@ -125,13 +124,17 @@ class GraphRunner:
 
     def run(self, questions: list[Question]) -> list[Prediction]:
         states = asyncio.run(self._all(questions))
-        return [Prediction(task_id=q.task_id, letter=s.get("letter"), probabilities=s.get("final") or {},
-                           error=s.get("error"), trace=s["trace"] + [self._cost(q, s)]) for q, s in zip(questions, states)]
+        return [self._prediction(q, s) for q, s in zip(questions, states)]
 
-    def _cost(self, q: Question, s: dict) -> dict:
-        """LLM prompts and tokens, sandboxed runs and their seconds, and where it ran."""
-        runs = [t for t in s["trace"] if t["step"] == "execute" and t["ran"]]
+    def _prediction(self, q: Question, s: dict) -> Prediction:
+        """The typed result of one question's final state; its trace gains the cost step
+        (LLM prompts and tokens, sandboxed runs and their seconds, where it ran)."""
         extra = self.extra.get(q.task_id, {})
-        return {"step": "cost", "calls": s.get("calls", 0) + extra.get("calls", 0),
-                "tokens": s.get("tokens", 0) + extra.get("tokens", 0),
-                "runs": sum(t["runs"] for t in runs), "run_seconds": round(sum(t["seconds"] for t in runs), 3)} | self.hardware
+        cost = Cost(calls=s.get("calls", 0) + extra.get("calls", 0), tokens=s.get("tokens", 0) + extra.get("tokens", 0),
+                    runs=s.get("runs", 0), run_seconds=round(s.get("run_seconds", 0.0), 3))
+        votes = s.get("votes") or []
+        return Prediction(task_id=q.task_id, letter=s.get("letter"), probabilities=s.get("final") or {},
+                          votes={v["voter"]: v["probs"] for v in votes if v["probs"]},
+                          failed={v["voter"]: v["error"] for v in votes if v.get("error")},
+                          cut=any(v.get("cut") for v in votes), cost=cost, error=s.get("error"),
+                          trace=s["trace"] + [{"step": "cost"} | cost.model_dump() | self.hardware])

@@ -20,7 +20,7 @@ import numpy as np
 from graphs.debias import Prior, cyclic, estimate, sample
 from solver.backbone import BackboneError
 from solver.cache import cache_path
-from solver.config import SolverConfig
+from solver.config import SolverConfig, votes_only
 from solver.data import DataError, in_split, load_questions
 from solver.journal import atomic_write, sha256_file
 from solver.prompts import PromptTooLong, answer_prompt
@@ -46,15 +46,9 @@ def _labelled_votes(cfg: SolverConfig, backbones: dict, priors: dict | None = No
 
     v = cfg.vote
     qs = _questions(v.labelled, v.labelled_split, "vote.labelled")[: v.labelled_n]
-    plain = cfg.model_copy(update={
-        "vote": v.model_copy(update={"rule": "mean"}), "graph": cfg.graph.model_copy(update={"accept": 1.01}),
-        "retrieve": cfg.retrieve.model_copy(update={"enabled": False}),
-        "execute": cfg.execute.model_copy(update={"enabled": False}),
-        "verify": cfg.verify.model_copy(update={"enabled": False}),
-        "reanswer": cfg.reanswer.model_copy(update={"enabled": False})})
-    runner, size = GraphRunner(plain, backbones, priors=priors), cfg.answer.batch_size
+    runner, size = GraphRunner(votes_only(cfg), backbones, priors=priors), cfg.answer.batch_size
     preds = [p for i in range(0, len(qs), size) for p in runner.run(qs[i : i + size])]
-    return qs, [next(t["votes"] for t in p.trace if t["step"] == "vote") for p in preds]
+    return qs, [p.votes for p in preds]
 
 
 def _voters_key(cfg: SolverConfig) -> list:
@@ -97,8 +91,6 @@ def position_priors(cfg: SolverConfig, backbones: dict, questions: list[Question
     """Each backbone's prior over positions (graphs/debias.py), from a seeded share of
     `questions` (source run) or of the file's split (source file), each answered in all
     its cyclic orders; and what that cost each of the run's questions it used."""
-    from graphs.nodes import _view
-
     d = cfg.vote.debias
     cache = None
     if d.source == "file":
@@ -113,7 +105,7 @@ def position_priors(cfg: SolverConfig, backbones: dict, questions: list[Question
         asked = []
         for q in qs:
             try:
-                asked.append((q, [answer_prompt(_view(q, cyclic(len(q.choices), k)), bb.tokenizer, bb.max_model_len)
+                asked.append((q, [answer_prompt(q.in_order(cyclic(len(q.choices), k)), bb.tokenizer, bb.max_model_len)
                                   for k in range(len(q.choices))]))
             except PromptTooLong:
                 continue

@@ -17,17 +17,14 @@ that call, never the run: the trace says which backbone failed and why.
 
 from __future__ import annotations
 
+from execution.evidence import evidence
+from execution.recognise import job_for
 from graphs import vote as V
 from graphs.debias import debias
-from graphs.execute import evidence, job_for
 from graphs.routing import current, decide, has_examples, option_order, settled_by_run, verify_update
 from solver.backbone import BackboneError
 from solver.prompts import VERDICTS, PromptTooLong, answer_prompt, verify_prompt
 from solver.types import Question, top_letter, voter
-
-
-def _view(q: Question, order: list[int]) -> Question:
-    return q.model_copy(update={"choices": [q.choices[i] for i in order]})
 
 
 def _map_back(r: dict[str, float], order: list[int], letters: list[str]) -> dict[str, float]:
@@ -55,7 +52,7 @@ def make_nodes(cfg, backbones: dict, batcher, index=None, priors: dict | None = 
 
     def prompt_for(label, q, order, examples=()):
         bb = backbones[label]
-        return answer_prompt(_view(q, order), bb.tokenizer, bb.max_model_len, examples)
+        return answer_prompt(q.in_order(order), bb.tokenizer, bb.max_model_len, examples)
 
     def examples_for(s, k: int) -> list[Question]:
         """The k nearest solved neighbours at or above retrieve.min_score, nearest first."""
@@ -90,6 +87,8 @@ def make_nodes(cfg, backbones: dict, batcher, index=None, priors: dict | None = 
             probs = V.RULES[cfg.vote.rule](votes, q.letters)
         step = {"step": "vote", "rule": cfg.vote.rule, "votes": votes, "failed": failed, "probabilities": probs,
                 "cut": any(v.get("cut") for v in s["votes"])}
+        if unread := {v["voter"]: v["unread"] for v in s["votes"] if v.get("unread")}:
+            step["unread"] = unread  # the prompt could not fit the context
         if cfg.vote.rule == "pool":
             step["weights"] = weights
         if any(v.get("prior") for v in s["votes"]):  # the position priors divided out (debias)
@@ -114,15 +113,15 @@ def make_nodes(cfg, backbones: dict, batcher, index=None, priors: dict | None = 
         (results,) = await batcher.submit("execute", [job])
         e = evidence(q, job, results)
         executed = {"kind": e.kind, "status": e.status, "consistent": e.consistent, "settled": e.settled}
-        step = {"step": "execute", "ran": True, "language": job.language, "runs": len(results),
-                "seconds": round(sum(r.seconds for r in results if not r.cached), 3),  # a cached run cost nothing now
+        seconds = round(sum(r.seconds for r in results if not r.cached), 3)  # a cached run cost nothing now
+        step = {"step": "execute", "ran": True, "language": job.language, "runs": len(results), "seconds": seconds,
                 **executed, "trusted": settled_by_run({"executed": executed}, cfg) is not None,
                 "ruled_out": e.ruled_out(q.letters) if e.kind in cfg.execute.eliminate and not e.settled else []}
         if stopped := [r for r in results if r.status in ("unavailable", "killed")]:
             step["why"] = (stopped[0].stderr.strip().splitlines() or [stopped[0].status])[-1]
         if peaks := [r.peak_mb for r in results if r.peak_mb is not None]:
             step["peak_mb"] = max(peaks)  # the most memory one run's processes held together
-        return {"executed": executed, "trace": [step]}
+        return {"executed": executed, "runs": len(results), "run_seconds": seconds, "trace": [step]}
 
     async def verify(s):
         q = s["question"]

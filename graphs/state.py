@@ -25,4 +25,6 @@ class State(TypedDict, total=False):
     error: str | None  # why there is no letter when every backbone failed
     calls: Annotated[int, operator.add]  # LLM prompts sent for this question
     tokens: Annotated[int, operator.add]  # their prompt tokens
+    runs: Annotated[int, operator.add]  # sandboxed runs of the question's code
+    run_seconds: Annotated[float, operator.add]  # their seconds (a cached run: none)
     trace: Annotated[list[dict], operator.add]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from solver import registry
 from solver.hardware import DTYPES, pick_dtype
-from solver.prompts import question_text as prompt_question_text
+from solver.prompts import question_text
 from solver.types import Progress, Question, UserError, question_body
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -38,10 +38,10 @@ def normalise_option(text: str) -> str:
     return normalise(text, casefold=False)
 
 
-def question_text(q: Question) -> str:
+def embedding_text(q: Question) -> str:
     """What is embedded: the question and its options, the options sorted so that copies
     whose options are shuffled embed the same."""
-    head = prompt_question_text(q)
+    head = question_text(q)
     return head + "\n" + "\n".join(f"- {normalise_option(c)}" for c in sorted(q.choices, key=normalise_option))
 
 
@@ -56,7 +56,7 @@ def canonical_name(spec: str) -> str:
     return spec
 
 
-def resolve_model(spec: str) -> tuple[str, bool]:
+def resolve_embedder(spec: str) -> tuple[str, bool]:
     """(path or hub id to load, whether it is local)."""
     name = canonical_name(spec)
     if name == DEFAULT_MODEL:
@@ -74,7 +74,7 @@ def resolve_model(spec: str) -> tuple[str, bool]:
     raise EmbedModelError(f"embedding model '{spec}': not '{DEFAULT_MODEL}', a local folder or a hub id")
 
 
-def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: str = "auto"):
+def load_embedder(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: str = "auto"):
     """A SentenceTransformer; local models are loaded with the hub switched off.
 
     dtype auto: bf16 where the hardware computes it (2.5x faster on a CPU with AVX512-BF16
@@ -84,7 +84,7 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: str 
     if dtype not in DTYPES:
         raise EmbedModelError(f"embedding dtype '{dtype}': not one of {', '.join(DTYPES)}")
     dtype = pick_dtype(dtype, device)
-    target, local = resolve_model(spec)
+    target, local = resolve_embedder(spec)
     if local:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when huggingface_hub is imported
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -113,10 +113,10 @@ _LOADED: dict[tuple[str, str | None, str], object] = {}
 
 
 def get_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: str = "auto"):
-    """`load_model`, once per process for each model and dtype."""
+    """`load_embedder`, once per process for each model and dtype."""
     key = (canonical_name(spec), device, pick_dtype(dtype, device))
     if key not in _LOADED:
-        _LOADED[key] = load_model(spec, device, dtype)
+        _LOADED[key] = load_embedder(spec, device, dtype)
     return _LOADED[key]
 
 

@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from index.embed import DEFAULT_MODEL, canonical_name, dimension, embed_texts, get_model, normalise, normalise_option, question_text
+from index.embed import DEFAULT_MODEL, canonical_name, dimension, embed_texts, get_model, normalise, normalise_option, embedding_text
 from solver.hardware import pick_dtype
 from solver.journal import atomic_dir, sha256_file
 from solver.types import LETTERS, Progress, Question, UserError
@@ -155,7 +155,7 @@ class Index:
         dtype = pick_dtype(dtype)
         encoder = get_model(model, dtype=dtype)
         start = time.perf_counter()
-        vectors = embed_texts(encoder, [question_text(q) for q in questions], batch_size, progress)
+        vectors = embed_texts(encoder, [embedding_text(q) for q in questions], batch_size, progress)
         ix = cls.from_vectors(questions, vectors, model, kind, nprobe=nprobe, ef_search=ef_search,
                               source=source, skipped=skipped, dtype=dtype, encoder=encoder)
         ix.manifest["embed_seconds"] = round(time.perf_counter() - start - ix.manifest["build_seconds"], 3)
@@ -355,7 +355,7 @@ class Index:
             results.append(QueryResult(task_id=q.task_id, duplicate=dup, note=note))
         if k == 0 or not questions:
             return results
-        vectors = embed_texts(self.model, [question_text(q) for q in questions], batch_size, progress)
+        vectors = embed_texts(self.model, [embedding_text(q) for q in questions], batch_size, progress)
         texts = [normalise(q.question) for q in questions]
         excluded = [self._texts[t] if exclude_same_text else 0 for t in texts]
         excluded = [e + (q.task_id in self._row) for e, q in zip(excluded, questions)]

@@ -7,16 +7,16 @@ from collections import Counter
 from pathlib import Path
 
 from solver.backbone import Backbone, make_backbone
-from solver.config import SolverConfig, load_config, with_labelled
+from solver.config import SolverConfig, as_graph, load_config, with_labelled
 from solver.data import DataError
 from solver.hardware import machine
-from solver.prompts import PromptTooLong, answer_prompt
-from solver.types import Prediction, Question, backbone_of, top_letter
+from solver.types import Prediction, Question, backbone_of
 
 
 class Solver:
-    """Answers questions: the single pass (one batched backbone call per batch), or the
-    graph (graphs/) when `graph.enabled`, also one batched call per step.
+    """Answers questions through the graph (graphs/), one batched call per step and
+    backbone; without `graph.enabled`, the graph's answer step alone (the single pass:
+    one call per batch, the questions in input order).
 
     `stats` counts what a report must show: questions whose text was cut to fit the
     context, and replies that could not be read.
@@ -29,18 +29,20 @@ class Solver:
             if note:
                 logging.getLogger("solver").warning(note)
         self.config = config
+        self.run_config = as_graph(config)  # what the graph runs: the single pass has every other step off
         self.index = index  # the retrieval index; default: the one the config names
-        if config.graph.enabled and config.retrieve.enabled and index is None:
+        run = self.run_config
+        if run.retrieve.enabled and index is None:
             self.index = self._load_index()  # first: a bad index or data fails before the engine starts
-        labelled = config.vote.labelled if config.vote.rule in ("weighted", "pool") else None
+        labelled = run.vote.labelled if run.vote.rule in ("weighted", "pool") else None
         if labelled and not Path(labelled).is_file():
             raise DataError(f"{labelled}: no such file (the labelled questions for vote.labelled)")
-        debias = config.vote.debias
-        if config.graph.enabled and debias.source == "file" and not Path(debias.data).is_file():
+        debias = run.vote.debias
+        if debias.source == "file" and not Path(debias.data).is_file():
             raise DataError(f"{debias.data}: no such file (the questions for vote.debias.data)")
         # label -> Backbone, in the config's order: those given (`backbone` for the first), or made
         given = (backbones or {}) | ({config.backbone.label: backbone} if backbone else {})
-        self.backbones = {b.label: given.get(b.label) or make_backbone(b) for b in config.backbones}
+        self.backbones = {b.label: given.get(b.label) or make_backbone(b) for b in run.backbones}
         self.stats: Counter = Counter()
         self.failures: dict[str, str] = {}  # backbone label -> its first error
         self._graph = None
@@ -61,7 +63,7 @@ class Solver:
         from index.cached import cached_index
         from index.store import Index
 
-        r = self.config.retrieve
+        r = self.run_config.retrieve
         return Index.load(r.index) if r.index else cached_index(r.data, r.split)
 
     @property
@@ -69,16 +71,15 @@ class Solver:
         """The compiled graph and its index, made on first use."""
         if self._graph is None:
             from graphs.build import GraphRunner
-
             from graphs.calibrate import labelled_confusion, labelled_weights
 
-            confusion, weights, v = None, None, self.config.vote
-            if v.rule == "weighted" and v.labelled:
-                confusion = labelled_confusion(self.config, self.backbones)
-            if v.rule == "pool" and v.labelled:
-                weights = labelled_weights(self.config, self.backbones, self.priors) | v.weights  # the config's win
-            index = self.index if self.config.retrieve.enabled else None
-            self._graph = GraphRunner(self.config, self.backbones, index, confusion, self.hardware,
+            run, confusion, weights = self.run_config, None, None
+            if run.vote.rule == "weighted" and run.vote.labelled:
+                confusion = labelled_confusion(run, self.backbones)
+            if run.vote.rule == "pool" and run.vote.labelled:
+                weights = labelled_weights(run, self.backbones, self.priors) | run.vote.weights  # the config's win
+            index = self.index if run.retrieve.enabled else None
+            self._graph = GraphRunner(run, self.backbones, index, confusion, self.hardware,
                                       priors=self.priors, weights=weights, extra=self._extra)
         return self._graph
 
@@ -86,11 +87,11 @@ class Solver:
         """What the vote measures on the whole input before answering any of it: each
         backbone's position prior (vote.debias, source run: from a seeded share of these
         questions, so a resumed run estimates the same). Without it, the first batch is used."""
-        if self.priors is not None or not self.config.graph.enabled or self.config.vote.debias.source == "none":
+        if self.priors is not None or self.run_config.vote.debias.source == "none":
             return
         from graphs.calibrate import position_priors
 
-        self.priors, self._extra = position_priors(self.config, self.backbones, questions)
+        self.priors, self._extra = position_priors(self.run_config, self.backbones, questions)
         self._graph = None  # rebuilt with the priors
 
     @classmethod
@@ -105,37 +106,14 @@ class Solver:
         return self.solve_batch([question])[0]
 
     def solve_batch(self, questions: list[Question]) -> list[Prediction]:
-        if self.config.graph.enabled:
-            self.prepare(questions)
-            preds = self.graph.run(questions)
-            self.stats["unread"] += sum(not p.read for p in preds)
-            for step in (t for p in preds for t in p.trace if t["step"] == "vote"):
-                self.stats["truncated"] += step["cut"]
-                for voter, error in step["failed"].items():
-                    self.failures.setdefault(backbone_of(voter), error)
-            return preds
-        asked, preds = [], {}
-        for q in questions:
-            try:
-                prompt = answer_prompt(q, self.backbone.tokenizer, self.backbone.max_model_len)
-            except PromptTooLong as e:
-                self.stats["unread"] += 1
-                preds[q.task_id] = Prediction(task_id=q.task_id, letter=None, trace=[{"step": "answer", "error": str(e)}])
-                continue
-            self.stats["truncated"] += prompt.cut
-            asked.append((q, prompt))
-        results = self.backbone.choose([p.text for _, p in asked], [q.letters for q, _ in asked],
-                                       [q.task_id for q, _ in asked]) if asked else []
-        for (q, prompt), probs in zip(asked, results):
-            step = {"step": "answer", "backbone": self.backbone.name, "probabilities": probs, "truncated": prompt.cut}
-            cost = {"step": "cost", "calls": 1, "tokens": prompt.tokens} | self.hardware
-            if probs is None:
-                self.stats["unread"] += 1
-                preds[q.task_id] = Prediction(task_id=q.task_id, letter=None, trace=[step, cost])
-            else:
-                letter = top_letter(probs)
-                preds[q.task_id] = Prediction(task_id=q.task_id, letter=letter, probabilities=probs, trace=[step, cost])
-        return [preds[q.task_id] for q in questions]
+        self.prepare(questions)
+        preds = self.graph.run(questions)
+        for p in preds:
+            self.stats["unread"] += not p.read
+            self.stats["truncated"] += p.cut
+            for voter, error in p.failed.items():
+                self.failures.setdefault(backbone_of(voter), error)
+        return preds
 
     def close(self) -> None:
         for bb in self.backbones.values():

@@ -82,7 +82,7 @@ class AnswerConfig(Strict):
 
 
 class GraphConfig(Strict):
-    """retrieve -> answer -> verify -> reanswer -> decide; off: the single-pass answer."""
+    """retrieve -> answer -> verify -> reanswer -> decide; off: the answer step alone (`as_graph`)."""
 
     enabled: bool = False
     accept: float = 1.01  # top answer probability at or above which the answer is final (>1: never)
@@ -108,10 +108,10 @@ class RetrieveConfig(Strict):
 
 
 class ExecuteConfig(Strict):
-    """Run the code in a question in the sandbox (graphs/execute.py), before any LLM call."""
+    """Run the code in a question in the sandbox (execution/), before any LLM call."""
 
     enabled: bool = False
-    # bwrap: solver/sandbox.py, and no run at all where it is missing (one warning).
+    # bwrap: execution/sandbox.py, and no run at all where it is missing (one warning).
     # none: runs code from the input file with rlimits only, as this user: UNSAFE.
     sandbox: Literal["bwrap", "none"] = "bwrap"
     # Evidence that settles a question alone when it leaves one option (eval/bench_execute.py
@@ -126,7 +126,7 @@ class ExecuteConfig(Strict):
     timeout_s: float = 5.0  # wall time per run (compiling has its own budget)
     # A run's memory: all its processes together, in a cgroup of its own where the machine
     # allows (root, cgroup v1), and each process's rlimit; a run that reaches it is killed
-    # (solver/sandbox.py). Compiling has its own budget (1024).
+    # (execution/sandbox.py). Compiling has its own budget (1024).
     memory_mb: int = Field(512, ge=16)
     workers: int = Field(2, ge=1)  # runs at once: workers x the larger budget must fit beside the engine
 
@@ -217,6 +217,29 @@ class SolverConfig(Strict):
 
     def with_backbones(self, *backbones: BackboneConfig) -> "SolverConfig":
         return self.model_copy(update={"backbones": list(backbones)})
+
+
+def votes_only(cfg: SolverConfig) -> SolverConfig:
+    """`cfg` with no step but the voters' answers and their `mean`: nothing retrieved or
+    run before, nothing verified or re-answered after. What calibration measures voters on."""
+    off = {"enabled": False}
+    return cfg.model_copy(update={
+        "retrieve": cfg.retrieve.model_copy(update=off), "execute": cfg.execute.model_copy(update=off),
+        "verify": cfg.verify.model_copy(update=off), "reanswer": cfg.reanswer.model_copy(update=off),
+        "vote": cfg.vote.model_copy(update={"rule": "mean"})})
+
+
+def as_graph(cfg: SolverConfig) -> SolverConfig:
+    """The config the graph runs. With `graph.enabled`, `cfg`; without it, the single pass
+    as the graph with every step but `answer` off: the first backbone reads the options as
+    given and its reply is the answer (one voter, the `mean` of one, no position prior).
+    So the single pass, the ablation's baseline row and the graph run the same code."""
+    if cfg.graph.enabled:
+        return cfg
+    plain = votes_only(cfg)
+    return plain.model_copy(update={
+        "backbones": [cfg.backbone], "answer": cfg.answer.model_copy(update={"orders": 1, "shots": 0}),
+        "vote": plain.vote.model_copy(update={"debias": DebiasConfig()})})
 
 
 class ConfigError(UserError):

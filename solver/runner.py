@@ -8,8 +8,6 @@ the final answers are the same.
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,16 +22,6 @@ from solver.types import Prediction, Question
 def fingerprint(data_path: Path, config_json: str) -> str:
     """Same input bytes and same config: the journal's answers still hold."""
     return hashlib.sha256(f"{sha256_file(data_path)}\n{config_json}".encode()).hexdigest()
-
-
-def _signal_after(batches: int) -> None:
-    """Fault injection on a journal barrier: with CODEMCQ_SIGNAL_AFTER="N:SIGNAME[,M:SIGNAME]"
-    a run sends itself SIGNAME once its Nth batch is journaled, so tests kill, Ctrl-C or
-    pause (SIGSTOP) a run at a known point instead of racing it with a timer."""
-    for item in filter(None, os.environ.get("CODEMCQ_SIGNAL_AFTER", "").split(",")):
-        n, name = item.split(":")
-        if int(n) == batches:
-            os.kill(os.getpid(), getattr(signal, name))
 
 
 def answer_all(
@@ -54,10 +42,9 @@ def answer_all(
     fresh, start, warned = 0, time.perf_counter(), set()
     with progress_bar("q", disable=quiet) as bar:
         task = bar.add_task("answering", total=len(questions), completed=len(preds))
-        for n, batch in enumerate(todo, 1):
+        for batch in todo:
             out = solver.solve_batch(batch)
             journal.add([p for p in out if p.read])
-            _signal_after(n)
             preds.update((p.task_id, p) for p in out)
             fresh += len(out)
             bar.advance(task, len(out))

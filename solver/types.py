@@ -55,17 +55,37 @@ class Question(BaseModel):
     def letters(self) -> list[str]:
         return letters_for(len(self.choices))
 
+    def in_order(self, order: list[int]) -> "Question":
+        """The question with its options shown in `order` (a voter's view of it)."""
+        return self.model_copy(update={"choices": [self.choices[i] for i in order]})
+
+
+class Cost(BaseModel):
+    """What answering one question cost: LLM prompts and their tokens, sandboxed runs and
+    their seconds (a cached run costs nothing)."""
+
+    calls: int = 0
+    tokens: int = 0
+    runs: int = 0
+    run_seconds: float = 0.0
+
 
 class Prediction(BaseModel):
     """What the solver says about one question.
 
     `letter` is None only when no reply could be read, or (`error`) every backbone failed;
     such a question is counted as unread (and wrong), never given a made-up letter.
+    `votes`, `failed`, `cut` and `cost` are what reports and calibration read; `trace` (each
+    step's record, for people) is output only.
     """
 
     task_id: str
     letter: str | None
     probabilities: dict[str, float] = Field(default_factory=dict)
+    votes: dict[str, dict[str, float]] = Field(default_factory=dict)  # voter -> its probabilities
+    failed: dict[str, str] = Field(default_factory=dict)  # voter -> why its backbone failed
+    cut: bool = False  # the question's text was cut to fit a backbone's context
+    cost: Cost = Field(default_factory=Cost)
     trace: list[dict] = Field(default_factory=list)
     error: str | None = None
 

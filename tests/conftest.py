@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from solver.backbone import Backbone
 from solver.cache import root
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -68,6 +69,34 @@ def tokenizer():
     from solver.models import resolve_model
 
     return AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
+
+
+class Scripted(Backbone):
+    """A stand-in for the engine that answers with fixed probabilities, for tests of the
+    graph's own logic (routing, vote, debias, decide, resume, batching), never of vLLM: the
+    real engine and server have their own tests. `script(prompt, options, key)` gives the
+    probabilities over `options` (None: unreadable); every call's (prompt, options, key)
+    requests are kept in `calls`. The tokenizer is the embedded model's (prompts are real)."""
+
+    def __init__(self, label: str, script, tokenizer):
+        from solver.config import BackboneConfig
+
+        super().__init__(BackboneConfig(served_name=label, max_model_len=2048))
+        self._tokenizer, self.script, self.calls = tokenizer, script, []
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    def choose(self, prompts, options, keys=None):
+        self.calls.append(list(zip(prompts, options, keys or prompts)))
+        return [self.script(p, o, k) for p, o, k in zip(prompts, options, keys or prompts)]
+
+
+def shown(prompt: str, text: str) -> str:
+    """The letter under which `text` is shown among a prompt's options (`A. text`)."""
+    return next(line.split(". ", 1)[0] for line in prompt.splitlines() if line.endswith(f". {text}")
+                and len(line.split(". ", 1)[0]) == 1)
 
 
 @pytest.fixture(scope="session")
@@ -121,12 +150,19 @@ def answers_in(journal):
     return max(0, len(journal.read_text().splitlines()) - 1) if journal.exists() else 0
 
 
+def faulty(cmd, plan: str) -> list[str]:
+    """`run_cmd`'s command that signals itself after journaled batches (tests/faulty.py):
+    plan "N:SIGNAME[,M:SIGNAME]"."""
+    assert cmd[1:3] == ["-m", "solver.cli"]
+    return [cmd[0], str(ROOT / "tests" / "faulty.py"), plan, *cmd[3:]]
+
+
 def interrupt(cmd, journal, sig, batches, cwd=ROOT):
     """Run until `batches` more batches are journaled, then deliver `sig`; the answers journaled."""
-    env = os.environ | {"CODEMCQ_SIGNAL_AFTER": f"{batches}:{sig.name}"}
     # A suite started in the background (`make test &`) ignores SIGINT, and so would the run
     # (Python installs its Ctrl-C handler only where SIGINT is not ignored): a terminal's default.
-    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.run(faulty(cmd, f"{batches}:{sig.name}"), cwd=cwd, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True,
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     if sig == signal.SIGKILL:
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]

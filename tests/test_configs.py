@@ -59,3 +59,17 @@ def test_best_is_the_finetuned_pipeline():
     today configs/finetuned.yaml; the two must not drift apart."""
     best, finetuned = (load_config(ROOT / "configs" / f"{n}.yaml") for n in ("best", "finetuned"))
     assert best.model_dump(exclude={"name"}) == finetuned.model_dump(exclude={"name"})
+
+
+def test_the_single_pass_is_the_graph_with_its_other_steps_off():
+    from graphs.build import enabled_nodes
+    from solver.config import as_graph
+
+    graph = load_config(ROOT / "configs/graph.yaml")
+    assert as_graph(graph) is graph
+    baseline = load_config(ROOT / "configs/baseline.yaml").model_copy(update={
+        "vote": load_config(ROOT / "configs/baseline.yaml").vote.model_copy(update={"rule": "majority"})})
+    run = as_graph(baseline)
+    assert enabled_nodes(run) == ["answer", "vote", "decide"] and run.vote.rule == "mean"
+    assert [b.label for b in run.backbones] == [baseline.backbone.label] and run.answer.orders == 1
+    assert run.vote.debias.source == "none" and run.answer.batch_size == baseline.answer.batch_size

@@ -24,14 +24,15 @@ def test_batch_of_sample_questions(engine_solver):
     preds = engine_solver.solve_batch(qs)
     for p, q in zip(preds, qs):
         _check(p, q)
-        assert p.trace[-1]["step"] == "cost" and p.trace[-1]["calls"] == 1 and p.trace[-1]["tokens"] > 20
+        assert p.cost.calls == 1 and p.cost.tokens > 20 and p.trace[-1]["step"] == "cost"
+        assert p.votes == {f"{engine_solver.backbone.label}@0": p.probabilities}  # one voter: its reply is the answer
     # A real model, not a constant: its answers are not all one letter.
     assert len({p.letter for p in preds}) > 1
 
 
 def test_single_question_api_and_26_options(engine_solver):
     p = engine_solver.solve("Which number is even?", ["7", "4", "9"])
-    assert p.letter in "ABC" and p.trace[0]["step"] == "answer"
+    assert p.letter in "ABC" and [t["step"] for t in p.trace] == ["vote", "decide", "cost"]  # the graph's answer step alone
     q = Question(task_id="z", question="Pick the letter Z.", choices=[f"option {c}" for c in LETTERS])
     _check(engine_solver.solve_batch([q])[0], q)
 
@@ -42,7 +43,7 @@ def test_long_question_is_cut_and_counted(engine_solver):
                  choices=["loops", "adds", "fails"])
     p = engine_solver.solve_batch([q])[0]
     _check(p, q)
-    assert p.trace[0]["truncated"] and engine_solver.stats["truncated"] == before + 1
+    assert p.cut and p.trace[0]["cut"] and engine_solver.stats["truncated"] == before + 1
 
 
 def test_multi_token_options_true_false(engine_solver):

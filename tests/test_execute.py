@@ -1,10 +1,11 @@
-"""graphs/execute.py: which questions can run, their code and language, and what a real
+"""execution/ (recognise.py, evidence.py): which questions can run, their code and language, and what a real
 sandboxed run says about the options (fixtures of our own)."""
 
 import pytest
 
-from graphs.execute import call_examples, evidence, job_for, tokens
-from solver import sandbox
+from execution import sandbox
+from execution.evidence import evidence, tokens
+from execution.recognise import call_examples, job_for
 from solver.types import Question
 
 C = Question(task_id="c", question="Question: What will be the output of the following C code?\n#include <stdio.h>\n"

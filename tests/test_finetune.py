@@ -17,7 +17,7 @@ import torch
 from finetune.activations import ActivationCache
 from finetune.config import FinetuneConfig
 from finetune.data import build_examples, letter_token_ids
-from finetune.train import Collate, answer_loss, finetune, items, load_model
+from finetune.train import Collate, answer_loss, finetune, items, load_for_training
 from solver.config import ConfigError, load_config
 from solver.data import DataError, load_questions, split_of
 from solver.models import resolve_model
@@ -58,7 +58,7 @@ def shortest(examples, n):
 def fresh_model(dtype="float32", **cfg):
     """(model with a fresh adapter, first trained layer, cached layer)."""
     cfg = FinetuneConfig(dtype=dtype, **cfg)
-    return load_model(resolve_model(cfg.model), cfg, "cpu", getattr(torch, dtype))[1:]
+    return load_for_training(resolve_model(cfg.model), cfg, "cpu", getattr(torch, dtype))[1:]
 
 
 def test_the_example_is_the_solvers_prompt_and_its_answer_letter(tokenizer, questions):

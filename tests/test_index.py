@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from index.embed import embed_texts, get_model, normalise, normalise_option, question_text  # noqa: E402
-from index.store import Index, IndexLoadError, ivf_nlist, make_index  # noqa: E402
+from index.embed import embed_texts, get_model, normalise, normalise_option, embedding_text  # noqa: E402
+from index.store import Index, IndexBuildError, IndexLoadError, ivf_nlist, make_index  # noqa: E402
 from solver.data import load_questions  # noqa: E402
 from solver.types import LETTERS, Question  # noqa: E402
 
@@ -40,7 +40,7 @@ def stored(model):
 
 @pytest.fixture(scope="module")
 def vectors(model, stored):
-    return embed_texts(model, [question_text(q) for q in stored])
+    return embed_texts(model, [embedding_text(q) for q in stored])
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +75,9 @@ def _q(task_id, question, choices):
 def test_text_and_vectors(model, vectors):
     assert normalise("Question:  Which\n keyword?\t") == "which keyword?"
     assert normalise_option(" True \n") == "True"  # options keep their case
-    a = question_text(OWN[1])
-    assert a == question_text(OWN[1].model_copy(update={"choices": list(reversed(OWN[1].choices))}))
-    assert "func" in a and "Question:" not in question_text(OWN[0])
+    a = embedding_text(OWN[1])
+    assert a == embedding_text(OWN[1].model_copy(update={"choices": list(reversed(OWN[1].choices))}))
+    assert "func" in a and "Question:" not in embedding_text(OWN[0])
     assert vectors.dtype == np.float32 and vectors.shape[1] == 384
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
 
@@ -196,7 +196,7 @@ def test_save_load_query_roundtrip(saved, ix, stored):
     # saving again over an index replaces it; a folder that is not an index is refused
     loaded.save(saved)
     Index.load(saved)
-    with pytest.raises(Exception, match="not an index"):
+    with pytest.raises(IndexBuildError, match="not an index"):
         ix.save(saved.parent)
 
 

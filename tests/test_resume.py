@@ -1,7 +1,7 @@
 """A run killed mid-way (SIGKILL, then Ctrl-C) and run again ends with the same CSV.
 
-The interruptions land on a journal barrier (CODEMCQ_SIGNAL_AFTER: the run signals
-itself after its Nth journaled batch), so no test races the run with a timer."""
+The interruptions land on a journal barrier (tests/faulty.py: the run signals itself
+after its Nth journaled batch), so no test races the run with a timer."""
 
 import signal
 import subprocess

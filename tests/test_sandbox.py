@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from solver import sandbox
+from execution import sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
 HELLO = {

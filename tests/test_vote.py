@@ -15,7 +15,7 @@ import pytest
 from solver.api import Solver
 from solver.config import load_config
 from solver.data import load_questions
-from tests.conftest import SAMPLE, SMALL, answers_in, questions_file, run_cmd
+from tests.conftest import SAMPLE, SMALL, answers_in, faulty, questions_file, run_cmd
 
 pytestmark = pytest.mark.slow  # starts a vLLM engine or server, or runs the CLI in its own process
 
@@ -79,7 +79,7 @@ def test_vote_across_served_backbones_with_faults(tmp_path, env):
         # goes on; then alpha dies too: the run stops in one line, what was answered is journaled.
         data, out, trace = questions_file(tmp_path, 96), tmp_path / "sub.csv", tmp_path / "trace.jsonl"
         journal = out.with_name(out.name + ".journal.jsonl")
-        run = subprocess.Popen(run_cmd(data, out, cfg), cwd=tmp_path, env=env | {"CODEMCQ_SIGNAL_AFTER": "5:SIGSTOP,8:SIGSTOP"},
+        run = subprocess.Popen(faulty(run_cmd(data, out, cfg), "5:SIGSTOP,8:SIGSTOP"), cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _paused(run)  # 40 answers journaled
         os.killpg(reg["beta"]["pid"], signal.SIGKILL)  # the server and its engine process

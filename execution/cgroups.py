@@ -7,7 +7,7 @@ picks the largest process: the solver with its engine. In a group the kernel cha
 page of every process (tmpfs files included) to the run, and stops it at its cap.
 
 v1 has no "kill the group" and its OOM killer kills one process at a time, so the run
-(solver/sandbox.py) watches the group's OOM kills and kills every task of the group itself
+(execution/sandbox.py) watches the group's OOM kills and kills every task of the group itself
 once there is one. `memory.max_usage_in_bytes` gives the run's peak. Where no group can be made
 (not root, no v1 memory and pids hierarchies, as under cgroup v2 alone), `make` says None
 and the sandbox falls back to rlimits with a smaller task cap (`sandbox.task_cap`).

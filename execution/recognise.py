@@ -1,22 +1,15 @@
-"""Evidence from running a question's code in the sandbox (solver/sandbox.py).
+"""Which questions have code this sandbox can run, and what to run for them.
 
 Three kinds of question run:
 - output prediction ("What is the output of the following code?", the options are
-  outputs): the snippet runs once; the options its output matches are consistent
-  ("output" evidence). A snippet that fails to compile or raises points at the options
-  that name an error ("error" evidence).
+  outputs): the snippet runs once.
 - completion with examples (a Python function whose docstring holds examples: `>>>`
   sessions, `f(x) == y` / `f(x) => y` lines, or Input:/Output: pairs; the options are
-  bodies): each option's body runs against the examples; the options that pass them all
-  are consistent ("examples" evidence).
+  bodies): each option's body runs against the examples.
 - behaviour ("which behavior most likely occurs when executing it?", the options are
   Compile Error, Runtime Error, ...): the program is compiled (Python and JavaScript:
-  parsed), not run, since it waits for an input we do not have; a compile error points
-  at "Compile Error", a clean compile rules it out ("compile" evidence). These are
-  online-judge submissions (CodeNet: AtCoder, Aizu), whose judges compile Java as
-  Main.java: a main class of another name is a compile error there (35 of 35 on train).
-Pure functions here (what kind of question, which language, which programs, which
-options the runs leave); the sandbox does the running.
+  parsed), not run, since it waits for an input we do not have.
+Pure functions of the question's text (execution/evidence.py reads the runs).
 """
 
 from __future__ import annotations
@@ -24,9 +17,8 @@ from __future__ import annotations
 import ast
 import re
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from solver import sandbox
 from solver.prompts import question_text
 from solver.types import Question
 
@@ -70,7 +62,6 @@ for _args, _want in {pairs!r}:
         _failed += 1
 print('EXAMPLES', _failed, _tried)
 """
-STOPPED = ("timeout", "killed")  # a run a limit ended: no evidence either way
 ARROW = r"\s*(?:==|=>|->|➞|⇒|→|=|should\s+return|returns?)\s*"
 
 
@@ -81,26 +72,6 @@ class Job:
     kind: str  # output: the options are outputs; examples: the options are bodies; compile: compile only
     language: str
     sources: list[str]
-
-
-@dataclass
-class Evidence:
-    """What a run says about the options: the letters it is consistent with, and why."""
-
-    # output: the output matched; error: the run failed, options name an error; examples:
-    # bodies passed; compile: the program compiled (or not), options name a compile error (or not)
-    kind: str
-    status: str  # the sandbox's: ok, compile_error, runtime_error, timeout, killed, unavailable
-    consistent: list[str] = field(default_factory=list)  # empty: the run settles nothing
-
-    @property
-    def settled(self) -> str | None:
-        """The one option the run leaves, if it leaves exactly one."""
-        return self.consistent[0] if len(self.consistent) == 1 else None
-
-    def ruled_out(self, letters: list[str]) -> list[str]:
-        """The options the run is inconsistent with (none, if it is consistent with none)."""
-        return [k for k in letters if k not in self.consistent] if self.consistent else []
 
 
 def code_of(text: str) -> str:
@@ -203,54 +174,3 @@ def job_for(q: Question) -> Job | None:
     if language == "python" and ">>>" in code:
         code = repl_to_script(code)
     return Job("output", language, [code])
-
-
-def tokens(text: str) -> list[str]:
-    """What an output says, without the layout: words and symbols; whitespace, commas,
-    semicolons and quotes dropped ('a=6 \\n b=15' and 'a = 6, b = 15' read the same)."""
-    return re.findall(r"\w+|[^\w\s,;'\"`]", text.replace("\\n", " ").replace("\\t", " "))
-
-
-def passes(result) -> bool:
-    """A body's run against the examples: it ran, attempted some, and none failed."""
-    m = re.search(r"^EXAMPLES (\d+) (\d+)$", result.stdout, re.M)
-    return result.status == "ok" and bool(m) and m[1] == "0" and m[2] != "0"
-
-
-def evidence(q: Question, job: Job, results: list) -> Evidence:
-    """The options the runs are consistent with: examples, the bodies that pass them all;
-    output, the options whose text reads as the output, or, for a run that failed, the
-    options that name an error; compile, the options that name a compile error if it
-    failed to compile, else the others. A run or compile that a limit stopped (`timeout`,
-    `killed`) says nothing: how long a program takes, and how much memory the kernel finds
-    for it, depend on the machine and its load, so they must not decide."""
-    if job.kind == "examples":  # a body stopped by a limit is not ruled out: it says nothing
-        statuses = {r.status for r in results}
-        status = "ok" if statuses & {"ok", "runtime_error"} else min(statuses)  # unavailable, timeout...
-        if status != "ok" or not any(passes(r) for r in results):
-            return Evidence("examples", status)
-        return Evidence("examples", status, [k for k, r in zip(q.letters, results) if passes(r) or r.status in STOPPED])
-    status, stdout = results[0].status, results[0].stdout
-    if job.kind == "compile":  # Python that does not parse may be Python 2: no evidence
-        if status not in ("ok", "compile_error") or (status == "compile_error" and job.language == "python"):
-            return Evidence("compile", status)
-        if job.language == "java" and sandbox.java_class(job.sources[0]) != "Main":
-            status = "compile_error"  # their judges compile Main.java (module docstring)
-        return Evidence("compile", status, [k for k, c in zip(q.letters, q.choices)
-                                            if bool(COMPILE_OPTION.search(c)) == (status == "compile_error")])
-    if status == "ok":
-        said = tokens(stdout)
-        return Evidence("output", status, [k for k, c in zip(q.letters, q.choices) if said and tokens(c) == said])
-    if status in ("compile_error", "runtime_error"):
-        return Evidence("error", status, [k for k, c in zip(q.letters, q.choices) if ERROR_OPTION.search(c)])
-    return Evidence(job.kind, status)
-
-
-def run_jobs(jobs: list[Job], cfg) -> list[list[sandbox.Result]]:
-    """Run a step's jobs in the sandbox, `cfg.workers` programs at a time (`cfg`:
-    ExecuteConfig); each job's results, in its programs' order."""
-    results = iter(sandbox.run_many([{"language": j.language, "source": s, "timeout_s": cfg.timeout_s,
-                                      "memory_mb": cfg.memory_mb, "unsafe": cfg.sandbox == "none",
-                                      "check_only": j.kind == "compile"}
-                                     for j in jobs for s in j.sources], workers=cfg.workers))
-    return [[next(results) for _ in j.sources] for j in jobs]

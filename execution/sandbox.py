@@ -5,7 +5,7 @@ read-only binds of only the toolchains, a size-capped tmpfs /tmp, an empty envir
 an unprivileged uid (if we are root the process really drops root before bwrap, so the
 kernel's RLIMIT_NPROC applies) and rlimits set in the child before exec. Where the machine
 allows (root, cgroup v1), each run (a compile, a program) is also a cgroup of its own
-(solver/cgroups.py): its processes' memory together is capped at `memory_mb` and their
+(execution/cgroups.py): its processes' memory together is capped at `memory_mb` and their
 number at 64, and a run that reaches the cap is killed whole (status "killed", the reason
 in its stderr, its peak in `peak_mb`). Elsewhere a run may start fewer tasks, so that
 per-process caps times tasks stay within UNGROUPED_MB. Compiled
@@ -40,7 +40,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from solver import cgroups
+from execution import cgroups
 from solver.cache import cache_path
 from solver.journal import atomic_write
 
@@ -140,7 +140,7 @@ def task_cap(memory_mb: int, grouped: bool) -> int:
 
 def _exec(argv: list[str], cwd: str, stdin: str, timeout_s: float, memory_mb: int,
           use_data: bool, max_output: int, compiler: bool = False) -> Result:
-    """Run argv in a cgroup of its own (solver/cgroups.py: `memory_mb` for all its processes
+    """Run argv in a cgroup of its own (execution/cgroups.py: `memory_mb` for all its processes
     together) under rlimits (the second line: `memory_mb` for each) and a wall clock; read at
     most max_output bytes per stream. A run whose group reaches its memory cap is killed whole.
     A compiler's rlimit is 4x its cap where the group holds it: a compiler out of address
@@ -297,7 +297,7 @@ def run(language: str, source: str, *, stdin: str = "", timeout_s: float = 5, me
     Cached on disk by (mechanism, language, source, stdin, limits), whatever the outcome,
     timeouts included: a program near its time limit may end either way, and the first
     outcome is the one every later run on this machine sees (a timeout is never evidence:
-    graphs/execute.py). A compiler that times out or is killed gives that status, never
+    execution/evidence.py). A compiler that times out or is killed gives that status, never
     compile_error. "unavailable" is not cached (it is the machine's, not the program's).
     `unsafe=True` runs without a sandbox (rlimits only) where bwrap is missing.
     """
@@ -348,3 +348,13 @@ def run_many(jobs: list[dict], workers: int = 2) -> list[Result]:
     """run(**job) for each job, `workers` at a time; results in the jobs' order."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda job: run(**job), jobs))
+
+
+def run_jobs(jobs: list, cfg) -> list[list[Result]]:
+    """Run a step's jobs in the sandbox, `cfg.workers` programs at a time (`cfg`:
+    ExecuteConfig); each job's results, in its programs' order."""
+    results = iter(run_many([{"language": j.language, "source": s, "timeout_s": cfg.timeout_s,
+                                      "memory_mb": cfg.memory_mb, "unsafe": cfg.sandbox == "none",
+                                      "check_only": j.kind == "compile"}
+                                     for j in jobs for s in j.sources], workers=cfg.workers))
+    return [[next(results) for _ in j.sources] for j in jobs]
