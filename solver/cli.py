@@ -17,7 +17,7 @@ import typer
 from index.cli import app as index_app
 from solver.backbone import run_dtype
 from solver.cache import cache_path
-from solver.config import load_config, with_labelled
+from solver.config import as_graph, load_config, with_labelled
 from solver.console import (
     chatter_to_log,
     err,
@@ -210,7 +210,7 @@ def graph(
         from graphs.build import mermaid as draw
 
         if mermaid:
-            typer.echo(draw(cfg.model_copy(update={"graph": cfg.graph.model_copy(update={"enabled": True})})))
+            typer.echo(draw(as_graph(cfg)))  # the graph it runs: without graph.enabled, the answer step alone
 
 
 @app.command()
