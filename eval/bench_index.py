@@ -47,7 +47,7 @@ from solver.hardware import cpu_has_bf16, describe, pick_dtype  # noqa: E402
 from index.store import DEFAULT_EF_SEARCH, DEFAULT_NPROBE, Index, ivf_nlist, make_index  # noqa: E402
 from solver.data import load_questions  # noqa: E402
 
-from report import Timer, bench_file  # noqa: E402
+from report import Timer, bench_file, labelled  # noqa: E402
 
 
 def pct(xs, p):
@@ -111,15 +111,15 @@ def _threads() -> int:
 
 
 def bench_train(data: Path, queries_from: Path, dtype: str, n_single: int, n_batch: int) -> None:
-    loaded = load_questions(data, labelled=True)
+    solved = labelled(data)
     test = load_questions(queries_from).questions
-    print(f"\n== train: Index.build on {data.name} ({len(loaded.questions)} questions, dtype {dtype}), queries from {queries_from.name}")
+    print(f"\n== train: Index.build on {data.name} ({len(solved)} questions, dtype {dtype}), queries from {queries_from.name}")
     with Timer() as t:
-        ix = Index.build(loaded.questions, dtype=dtype, source=data)
+        ix = Index.build(solved, dtype=dtype, source=data)
     total = t.seconds
     m = ix.manifest
     print(f"  build {total:.1f} s: embedding {m['embed_seconds']:.1f} s "
-          f"({len(loaded.questions) / m['embed_seconds']:.1f} texts/s), FAISS flat {m['build_seconds'] - m['embed_seconds']:.3f} s")
+          f"({len(solved) / m['embed_seconds']:.1f} texts/s), FAISS flat {m['build_seconds'] - m['embed_seconds']:.3f} s")
     rng = np.random.default_rng(0)
     pick = [test[i] for i in rng.choice(len(test), min(n_single, len(test)), replace=False)]
     ix.query(pick[:4], k=5)  # warm-up
@@ -149,7 +149,7 @@ def bench_train(data: Path, queries_from: Path, dtype: str, n_single: int, n_bat
     vectors = np.vstack([ix._cpu.reconstruct(i) for i in range(ix._cpu.ntotal)])
     _, truth = ix.search(qv, 5)
     for kind in ("ivf", "hnsw"):
-        approx = Index.from_vectors(loaded.questions, vectors, kind=kind, dtype=dtype)
+        approx = Index.from_vectors(solved, vectors, kind=kind, dtype=dtype)
         _, got = approx.search(qv, 5)
         print(f"  {kind}: recall@5 vs flat on real vectors {recall_at(truth, got):.3f} ({approx.manifest['index_params']})")
 
@@ -248,7 +248,7 @@ def main():
             print(f"{data}: not found; the embed and train parts are skipped")
             args.skip_embed = args.skip_train = True
     if not args.skip_embed:
-        qs = load_questions(data, labelled=True).questions
+        qs = labelled(data)
         rng = np.random.default_rng(0)
         bench_embed([embedding_text(qs[i]) for i in rng.choice(len(qs), min(args.n_embed, len(qs)), replace=False)])
     if not args.skip_train:
