@@ -351,10 +351,10 @@ def run_many(jobs: list[dict], workers: int = 2) -> list[Result]:
 
 
 def run_jobs(jobs: list, cfg) -> list[list[Result]]:
-    """Run a step's jobs in the sandbox, `cfg.workers` programs at a time (`cfg`:
-    ExecuteConfig); each job's results, in its programs' order."""
+    """Run a step's jobs (execution/recognise.py: Job) in the sandbox, `cfg.workers`
+    programs at a time (`cfg`: ExecuteConfig); each job's results, in its programs' order."""
     results = iter(run_many([{"language": j.language, "source": s, "timeout_s": cfg.timeout_s,
-                                      "memory_mb": cfg.memory_mb, "unsafe": cfg.sandbox == "none",
-                                      "check_only": j.kind == "compile"}
-                                     for j in jobs for s in j.sources], workers=cfg.workers))
+                              "memory_mb": cfg.memory_mb, "unsafe": cfg.sandbox == "none",
+                              "check_only": j.kind == "compile"}
+                             for j in jobs for s in j.sources], workers=cfg.workers))
     return [[next(results) for _ in j.sources] for j in jobs]
