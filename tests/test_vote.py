@@ -20,7 +20,7 @@ from tests.conftest import SAMPLE, SMALL, answers_in, faulty, questions_file, ru
 pytestmark = pytest.mark.slow  # starts a vLLM engine or server, or runs the CLI in its own process
 
 VOTE = {"backbones": [SMALL | {"kind": "server", "served_name": n} for n in ("alpha", "beta")],
-        "answer": {"orders": 2, "batch_size": 8}, "graph": {"enabled": True}, "vote": {"rule": "weighted"}}
+        "answer": {"orders": 2, "batch_size": 4}, "graph": {"enabled": True}, "vote": {"rule": "weighted"}}
 
 
 def _serve(cfg, env):
@@ -77,14 +77,14 @@ def test_vote_across_served_backbones_with_faults(tmp_path, env):
 
         # 2. beta dies mid-run: dropped for the questions it fails on, reported by name, the run
         # goes on; then alpha dies too: the run stops in one line, what was answered is journaled.
-        data, out, trace = questions_file(tmp_path, 96), tmp_path / "sub.csv", tmp_path / "trace.jsonl"
+        data, out, trace = questions_file(tmp_path, 48), tmp_path / "sub.csv", tmp_path / "trace.jsonl"
         journal = out.with_name(out.name + ".journal.jsonl")
         run = subprocess.Popen(faulty(run_cmd(data, out, cfg), "5:SIGSTOP,8:SIGSTOP"), cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _paused(run)  # 40 answers journaled
+        _paused(run)  # 20 answers journaled
         os.killpg(reg["beta"]["pid"], signal.SIGKILL)  # the server and its engine process
         run.send_signal(signal.SIGCONT)
-        _paused(run)  # 64
+        _paused(run)  # 32
         os.killpg(reg["alpha"]["pid"], signal.SIGKILL)
         run.send_signal(signal.SIGCONT)
         _, stderr = run.communicate(timeout=600)
@@ -92,7 +92,7 @@ def test_vote_across_served_backbones_with_faults(tmp_path, env):
         assert "warning: backbone 'beta' failed" in stderr
         assert stderr.strip().splitlines()[-1].startswith("error: ") and "lost every backbone" in stderr
         answered = answers_in(journal)
-        assert 64 <= answered < 96 and not out.exists()
+        assert 32 <= answered < 48 and not out.exists()
     finally:
         status, said = _stop(serve, on_its_own=True)
     # serve reported each death by name, and exited 1 once nothing was left to serve
@@ -107,10 +107,10 @@ def test_vote_across_served_backbones_with_faults(tmp_path, env):
         assert done.returncode == 0, done.stderr[-2000:]
         assert f"resuming: {answered} answers" in done.stderr
         lines = out.read_text().splitlines()
-        assert len(lines) == 97 and all(line.split(",")[1] in "ABCDEF" for line in lines[1:])
+        assert len(lines) == 49 and all(line.split(",")[1] in "ABCDEF" for line in lines[1:])
         votes = [next(t for t in json.loads(line)["trace"] if t["step"] == "vote") for line in trace.read_text().splitlines()]
-        assert all(not v["failed"] and len(v["votes"]) == 4 for v in votes[:40] + votes[answered:])
-        dropped = [v for v in votes[40:answered] if v["failed"]]
+        assert all(not v["failed"] and len(v["votes"]) == 4 for v in votes[:20] + votes[answered:])
+        dropped = [v for v in votes[20:answered] if v["failed"]]
         assert dropped and all(v["failed"].keys() == {"beta@0", "beta@1"} and sorted(v["votes"]) == ["alpha@0", "alpha@1"]
                                and "backbone 'beta'" in v["failed"]["beta@0"] for v in dropped)
     finally:
