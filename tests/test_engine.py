@@ -25,7 +25,7 @@ def test_batch_of_sample_questions(engine_solver):
     for p, q in zip(preds, qs):
         _check(p, q)
         assert p.cost.calls == 1 and p.cost.tokens > 20 and p.trace[-1]["step"] == "cost"
-        assert p.votes == {f"{engine_solver.backbone.label}@0": p.probabilities}  # one voter: its reply is the answer
+        assert p.votes == {f"{engine_solver.backbone.cfg.label}@0": p.probabilities}  # one voter: its reply is the answer
     # A real model, not a constant: its answers are not all one letter.
     assert len({p.letter for p in preds}) > 1
 
