@@ -10,7 +10,7 @@ from langgraph.graph import END, START, StateGraph
 from execution import sandbox
 from graphs import routing as R
 from graphs.batcher import StepBatcher
-from graphs.nodes import make_nodes
+from graphs.nodes import ballots, make_nodes
 from graphs.state import State
 from graphs.vote import weighted
 from solver.config import SolverConfig
@@ -132,9 +132,7 @@ class GraphRunner:
         extra = self.extra.get(q.task_id, {})
         cost = Cost(calls=s.get("calls", 0) + extra.get("calls", 0), tokens=s.get("tokens", 0) + extra.get("tokens", 0),
                     runs=s.get("runs", 0), run_seconds=round(s.get("run_seconds", 0.0), 3))
-        votes = s.get("votes") or []
+        votes, failed, cut = ballots(s.get("votes") or [])
         return Prediction(task_id=q.task_id, letter=s.get("letter"), probabilities=s.get("final") or {},
-                          votes={v["voter"]: v["probs"] for v in votes if v["probs"]},
-                          failed={v["voter"]: v["error"] for v in votes if v.get("error")},
-                          cut=any(v.get("cut") for v in votes), cost=cost, error=s.get("error"),
+                          votes=votes, failed=failed, cut=cut, cost=cost, error=s.get("error"),
                           trace=s["trace"] + [{"step": "cost"} | cost.model_dump() | self.hardware])

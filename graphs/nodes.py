@@ -27,6 +27,13 @@ from solver.prompts import VERDICTS, PromptTooLong, answer_prompt, verify_prompt
 from solver.types import Question, top_letter, voter
 
 
+def ballots(votes: list[dict]) -> tuple[dict[str, dict[str, float]], dict[str, str], bool]:
+    """The answer steps' votes as (voter -> probabilities read, voter -> why its backbone
+    failed, whether a prompt was cut): what the vote combines and a Prediction reports."""
+    return ({v["voter"]: v["probs"] for v in votes if v["probs"]}, {v["voter"]: v["error"] for v in votes if v.get("error")},
+            any(v.get("cut") for v in votes))
+
+
 def _map_back(r: dict[str, float], order: list[int], letters: list[str]) -> dict[str, float]:
     """A reply over the view's letters, as probabilities over the question's own letters."""
     probs = dict.fromkeys(letters, 0.0)
@@ -75,8 +82,7 @@ def make_nodes(cfg, backbones: dict, batcher, index=None, priors: dict | None = 
 
     async def vote(s):
         q = s["question"]
-        votes = {v["voter"]: v["probs"] for v in s["votes"] if v["probs"]}
-        failed = {v["voter"]: v["error"] for v in s["votes"] if v.get("error")}
+        votes, failed, cut = ballots(s["votes"])
         if not votes:
             probs = {}
         elif cfg.vote.rule == "weighted":
@@ -85,8 +91,7 @@ def make_nodes(cfg, backbones: dict, batcher, index=None, priors: dict | None = 
             probs = V.pool(votes, q.letters, weights)
         else:
             probs = V.RULES[cfg.vote.rule](votes, q.letters)
-        step = {"step": "vote", "rule": cfg.vote.rule, "votes": votes, "failed": failed, "probabilities": probs,
-                "cut": any(v.get("cut") for v in s["votes"])}
+        step = {"step": "vote", "rule": cfg.vote.rule, "votes": votes, "failed": failed, "probabilities": probs, "cut": cut}
         if unread := {v["voter"]: v["unread"] for v in s["votes"] if v.get("unread")}:
             step["unread"] = unread  # the prompt could not fit the context
         if cfg.vote.rule == "pool":
