@@ -1,16 +1,55 @@
-"""The Python API: `Solver.from_config(path_or_None).solve(question, choices)`."""
+"""The Python API: `Solver.from_config(path_or_None).solve(question, choices)`.
+
+It works from a plain script (no `__main__` guard needed), standard input or a notebook:
+the engine runs in this process (solver.hardware.library_defaults), and while the solver
+works, the libraries' chatter goes to a log file under the cache root (`Solver.log_path`),
+as the CLI's does; warnings a user can act on still reach stderr through `logging`.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import time
 from collections import Counter
 from pathlib import Path
 
-from solver.backbone import Backbone, make_backbone
+from solver.backbone import Backbone, check_backbone, make_backbone
+from solver.cache import cache_path
 from solver.config import SolverConfig, as_graph, load_config, with_labelled
+from solver.console import chatter_to_log
 from solver.data import DataError
-from solver.hardware import machine
+from solver.hardware import library_defaults, machine
 from solver.types import Prediction, Question, backbone_of
+
+
+def preflight(run: SolverConfig, given: dict | None = None) -> None:
+    """Everything a run can check before an engine starts, for every backbone it runs (but
+    those `given` ready-made): models and adapters here, servers answering, files there;
+    so a missing second model fails at once, not after the first engine's start."""
+    for b in run.backbones:
+        if b.label not in (given or {}):
+            check_backbone(b)
+    files = {"the solved questions to index: retrieve.data":
+             run.retrieve.data if run.retrieve.enabled and not run.retrieve.index else None,
+             "the labelled questions for vote.labelled":
+             run.vote.labelled if run.vote.rule in ("weighted", "pool") else None,
+             "the questions for vote.debias.data": run.vote.debias.data if run.vote.debias.source == "file" else None}
+    for what, path in files.items():
+        if path and not Path(path).is_file():
+            raise DataError(f"{path}: no such file ({what})")
+
+
+def _quiet(method):
+    """Run a Solver method with the libraries' chatter in the solver's log file."""
+
+    @functools.wraps(method)
+    def quiet(self, *args, **kwargs):
+        with chatter_to_log(self.verbose, path=self.log_path, captured=True):
+            return method(self, *args, **kwargs)
+
+    return quiet
 
 
 class Solver:
@@ -23,7 +62,17 @@ class Solver:
     """
 
     def __init__(self, config: SolverConfig, backbone: Backbone | None = None, index=None,
-                 backbones: dict[str, Backbone] | None = None):
+                 backbones: dict[str, Backbone] | None = None, verbose: bool = False):
+        """`verbose`: the libraries' chatter on this process's stdout and stderr, not in `log_path`."""
+        self.verbose = verbose
+        self.log_path = cache_path("logs", f"api-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+        library_defaults()
+        with chatter_to_log(verbose, path=self.log_path, captured=True):
+            self._start(config, backbone, index, backbones)
+
+    def _start(self, config, backbone, index, backbones):
+        given = (backbones or {}) | ({config.backbone.label: backbone} if backbone else {})
+        preflight(as_graph(config), given)
         if index is None:  # a config that retrieves but names no solved questions answers without
             config, note = with_labelled(config, None)
             if note:
@@ -34,14 +83,7 @@ class Solver:
         run = self.run_config
         if run.retrieve.enabled and index is None:
             self.index = self._load_index()  # first: a bad index or data fails before the engine starts
-        labelled = run.vote.labelled if run.vote.rule in ("weighted", "pool") else None
-        if labelled and not Path(labelled).is_file():
-            raise DataError(f"{labelled}: no such file (the labelled questions for vote.labelled)")
-        debias = run.vote.debias
-        if debias.source == "file" and not Path(debias.data).is_file():
-            raise DataError(f"{debias.data}: no such file (the questions for vote.debias.data)")
         # label -> Backbone, in the config's order: those given (`backbone` for the first), or made
-        given = (backbones or {}) | ({config.backbone.label: backbone} if backbone else {})
         self.backbones = {b.label: given.get(b.label) or make_backbone(b) for b in run.backbones}
         self.stats: Counter = Counter()
         self.failures: dict[str, str] = {}  # backbone label -> its first error
@@ -83,6 +125,7 @@ class Solver:
                                       priors=self.priors, weights=weights, extra=self._extra)
         return self._graph
 
+    @_quiet
     def prepare(self, questions: list[Question]) -> None:
         """What the vote measures on the whole input before answering any of it: each
         backbone's position prior (vote.debias, source run: from a seeded share of these
@@ -95,8 +138,9 @@ class Solver:
         self._graph = None  # rebuilt with the priors
 
     @classmethod
-    def from_config(cls, path: str | Path | None = None) -> "Solver":
-        return cls(load_config(path))
+    def from_config(cls, path: str | Path | None = None, verbose: bool = False) -> "Solver":
+        """The solver a YAML config describes (None: the defaults, the embedded SmolLM2-135M)."""
+        return cls(load_config(path), verbose=verbose)
 
     def solve(self, question: str | Question, choices: list[str] | None = None) -> Prediction:
         if not isinstance(question, Question):
@@ -105,6 +149,7 @@ class Solver:
             question = Question(task_id="q", question=question, choices=list(choices))
         return self.solve_batch([question])[0]
 
+    @_quiet
     def solve_batch(self, questions: list[Question]) -> list[Prediction]:
         self.prepare(questions)
         preds = self.graph.run(questions)
@@ -115,6 +160,7 @@ class Solver:
                 self.failures.setdefault(backbone_of(voter), error)
         return preds
 
+    @_quiet
     def close(self) -> None:
         for bb in self.backbones.values():
             bb.close()

@@ -19,8 +19,9 @@ from functools import cached_property
 from pathlib import Path
 
 from solver.config import BackboneConfig
-from solver.hardware import available_gb, cpu_engine_env, cpu_has_bf16, cuda_capability, environ, kv_cache_gb, pick_dtype
-from solver.models import adapter_config, merged_model, resolve_adapter, resolve_model
+from solver.hardware import (available_gb, cpu_engine_env, cpu_has_bf16, cuda_capability, environ, kv_cache_gb,
+                             library_defaults, pick_dtype)
+from solver.models import adapter_config, locate_model, merged_model, resolve_adapter, resolve_model
 
 log = logging.getLogger(__name__)  # warnings the user can act on: the CLI shows them (solver/console.py)
 MAX_LOGPROBS = 32  # at least 26 letters; what the engine is started to allow
@@ -152,6 +153,7 @@ class EngineBackbone(Backbone):
     def __init__(self, cfg: BackboneConfig):
         super().__init__(cfg)
         self.dtype = engine_dtype(cfg)
+        library_defaults()  # the engine core in this process, whoever made this backbone
         from vllm import LLM
 
         path, adapter = model_and_adapter(cfg)
@@ -357,6 +359,27 @@ class CachedBackbone(Backbone):
 
     def close(self):
         self.inner.close()
+
+
+def check_backbone(cfg: BackboneConfig) -> None:
+    """What can be known of a backbone before anything starts: its model (and adapter and
+    tokenizer) here, or its server answering; one line (ModelError, BackboneError) if not."""
+    locate_model(cfg.tokenizer or cfg.model)  # a server's prompts are tokenized here too
+    if cfg.kind == "engine":
+        locate_model(cfg.model)
+        if cfg.lora:
+            resolve_adapter(cfg.lora)
+        return
+    import openai
+
+    key = os.environ.get(cfg.api_key_env) or "EMPTY"
+    for url in [cfg.base_url] if isinstance(cfg.base_url, str) else cfg.base_url or [ServerBackbone._served_url(cfg)]:
+        try:
+            with openai.OpenAI(base_url=url, api_key=key, timeout=min(cfg.timeout_s, 10), max_retries=0) as client:
+                client.models.list()
+        except openai.OpenAIError as e:
+            raise BackboneError(f"backbone '{cfg.label}': no server answers at {url} ({type(e).__name__}); "
+                                "start it first (solver serve --config CONFIG)") from None
 
 
 def make_backbone(cfg: BackboneConfig) -> Backbone:

@@ -7,7 +7,7 @@ written before the input has been read and validated whole.
 from __future__ import annotations
 
 import json
-import os
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -25,13 +25,15 @@ from solver.console import (
     log_note,
     out,
     progress_bar,
+    interrupted_at_exit,
     progress_callback,
+    rate,
     reported,
     skipped_note,
     warn,
 )
-from solver.data import in_split, load_questions
-from solver.hardware import machine
+from solver.data import DataError, in_split, load_questions
+from solver.hardware import library_defaults, machine
 from solver.journal import Journal, atomic_write, submission_csv, traces_jsonl
 from solver.models import resolve_model
 from solver.runner import answer_all, fingerprint, score
@@ -45,11 +47,8 @@ app.add_typer(index_app, name="index")
 
 @app.callback()
 def _environment():
-    # Set when a command runs, not when this module is imported: an in-process engine (no
-    # spawned engine process to outlive a killed run), and quiet libraries.
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Set when a command runs, not when this module is imported (solver.hardware.library_defaults).
+    library_defaults()
 
 
 def _journal_path(path: Path) -> Path:
@@ -66,6 +65,8 @@ def _configured(config: Path | None, labelled: Path | None, held_out_of: Path | 
     """The config, with the user's labelled file for retrieval (a note if it needs one and has
     none); `held_out_of`: the file whose dev/test split is scored, never indexed beyond its train."""
     cfg = load_config(config)
+    if labelled is not None and not labelled.is_file():  # named by the flag the user gave, not the config key it fills
+        raise DataError(f"--labelled {labelled}: no such file")
     source = labelled or (Path(cfg.retrieve.data) if cfg.retrieve.data else None)
     held_out = held_out_of is not None and source is not None and source.resolve() == held_out_of.resolve()
     cfg, note = with_labelled(cfg, labelled, held_out)
@@ -108,19 +109,19 @@ def run(
     verbose: bool = VERBOSE,
 ):
     """Answer a questions file and write a submission CSV; resumable."""
-    with chatter_to_log(verbose):
-        with reported():
-            cfg = _configured(config, labelled)
-            questions = load_questions(input).questions[:limit]
-            preds, stats, fresh, secs = _solve(cfg, input, questions, _journal_path(output), quiet)
+    with chatter_to_log(verbose), reported():
+        cfg = _configured(config, labelled)
+        questions = load_questions(input).questions[:limit]
+        preds, stats, fresh, secs = _solve(cfg, input, questions, _journal_path(output), quiet)
         unread = [q.task_id for q in questions if not preds[q.task_id].read]
         if trace:
             atomic_write(trace, traces_jsonl(questions, preds))
         if unread:
-            fail(f"{len(unread)} answers could not be read (first: {unread[0]}); answered ones are journaled, run again to retry", 1)
+            fail(f"{len(unread)} answers could not be read (first: {unread[0]}); answered ones are journaled, "
+                 "run again to retry", 1)
         atomic_write(output, submission_csv(questions, preds))
-        out.print(f"wrote {output.resolve()} ({len(questions)} answers; {fresh} new at "
-                  f"{fresh / secs if secs and fresh else 0:.2f} q/s; {stats.get('truncated', 0)} cut to fit the context)", highlight=False)
+        out.print(f"wrote {output.resolve()} ({len(questions)} answers; {fresh} new at {rate(fresh, secs) or 0:.2f} q/s; "
+                  f"{stats.get('truncated', 0)} cut to fit the context)", highlight=False)
         if fresh:
             out.print(_ran_on(cfg), highlight=False)
         labelled = [q for q in questions if q.answer]
@@ -143,19 +144,19 @@ def evaluate(
 ):
     """Accuracy (overall, per group, with a 95% interval) on labelled data. With --split dev
     or test and --labelled the same file, retrieval indexes only its split train."""
-    with chatter_to_log(verbose):
+    with chatter_to_log(verbose), reported():
         if split not in ("all", "train", "dev", "test"):
             fail(f"--split: '{split}' is not one of all, train, dev, test")
-        with reported():
-            cfg = _configured(config, labelled, data if split in ("dev", "test") else None)
-            loaded = load_questions(data, labelled=True)
-            questions = in_split(loaded.questions, split)[:limit]
-            jpath = _journal_path(json_out) if json_out else cache_path("eval", f"{cfg.name}-{data.stem}-{split}.journal.jsonl")
-            preds, stats, fresh, secs = _solve(cfg, data, questions, jpath, quiet)
+        cfg = _configured(config, labelled, data if split in ("dev", "test") else None)
+        loaded = load_questions(data, labelled=True)
+        questions = in_split(loaded.questions, split)[:limit]
+        jpath = (_journal_path(json_out) if json_out
+                 else cache_path("eval", f"{cfg.name}-{data.stem}-{split}.journal.jsonl"))
+        preds, stats, fresh, secs = _solve(cfg, data, questions, jpath, quiet)
         m = score(questions, preds)
         m.update(config=cfg.name, data=str(data), split=split, truncated=stats.get("truncated", 0),
                  skipped_rows=dict(loaded.skipped), labels_normalised=loaded.relabelled,
-                 seconds=round(secs, 2), questions_per_s=round(fresh / secs, 3) if secs and fresh else None,
+                 seconds=round(secs, 2), questions_per_s=round(rate(fresh, secs), 3) if rate(fresh, secs) else None,
                  machine=machine(), dtype={b.label: run_dtype(b) for b in cfg.backbones})
         lo, hi = m["interval95"]
         out.print(f"accuracy {m['accuracy']:.4f} [{lo:.3f}, {hi:.3f}] on {m['count']} questions "
@@ -175,16 +176,19 @@ app.add_typer(models_app, name="models")
 
 @models_app.command("list")
 def models_list():
-    """Each registered model: name, kind, size, where it comes from, whether it is here."""
-    from rich.table import Table
-
+    """Each registered model: name, kind, size, where it comes from, whether it is here.
+    Whole names and paths at any width (a config names models by these names): columns are
+    aligned, never cut; a narrow terminal wraps the line."""
     from solver.registry import MODELS, location, pull_command
 
-    table = Table("name", "kind", "size", "from", "here", box=None, pad_edge=False)
+    rows = [("name", "kind", "size", "from", "here")]
     for e in MODELS.values():
         path = location(e)
-        table.add_row(e.name, e.kind, f"{e.size / 1e6:,.0f} MB", e.origin, str(path) if path else f"no: {pull_command(e)}")
-    out.print(table)
+        here = str(path) if path else f"no: {pull_command(e)}"
+        rows.append((e.name, e.kind, f"{e.size / 1e6:,.0f} MB", e.origin, here))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        out.print("  ".join([c.ljust(w) for c, w in zip(r, widths)] + [r[-1]]), highlight=False, markup=False)
 
 
 @models_app.command("pull")
@@ -269,8 +273,13 @@ def serve(
         raise typer.Exit(status)
 
 
-def main():  # pragma: no cover
-    app()
+def main():
+    """The `solver` command. Once the command is over (typer exits by SystemExit), a Ctrl-C
+    while the libraries tear down ends with the command's one line too, never a traceback."""
+    try:
+        app()
+    finally:
+        signal.signal(signal.SIGINT, interrupted_at_exit)
 
 
 if __name__ == "__main__":

@@ -27,31 +27,52 @@ from solver.backbone import BackboneError
 from solver.cache import cache_path
 from solver.types import UserError
 
-out = Console()
-err = Console(stderr=True)
-log_path: Path | None = None  # the log file of the running command, if any
+out = Console(soft_wrap=True)  # a line written to a file or pipe is never hard-wrapped at 80 columns
+err = Console(stderr=True, soft_wrap=True)
+log_path: Path | None = None  # the log file chatter goes to now, if any
+
+
+def _fds_open() -> bool:
+    try:
+        os.fstat(1), os.fstat(2)
+        return True
+    except OSError:
+        return False
+
+
+def _fd_backed() -> bool:
+    """sys.stdout and sys.stderr write to fds 1 and 2 (a terminal, a file, a pipe), not to a
+    test's or a notebook kernel's capture."""
+    try:
+        return sys.stdout.fileno() == 1 and sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 @contextmanager
-def chatter_to_log(verbose: bool = False, name: str = "solver"):
-    """Send fds 1 and 2 to `logs/NAME-TIME-PID.log` under the cache root for the duration; yields its path.
-    `verbose`, or streams that are not real fds (a test's CliRunner): nothing moves, None."""
+def chatter_to_log(verbose: bool = False, name: str = "solver", path: Path | None = None, captured: bool = False):
+    """Send fds 1 and 2 to a log file under the cache root for the duration (`path`, or
+    `logs/NAME-TIME-PID.log`); yields its path. Our consoles keep copies of the real fds.
+    Nothing moves with `verbose`, inside an outer chatter_to_log (re-entrant: that one's log),
+    or where sys.stdout is not fd 1 unless `captured` (a test's CliRunner keeps what it
+    captures; the Python API moves the fds under a notebook kernel's capture too)."""
     global log_path
-    try:
-        real = sys.stdout.fileno() == 1 and sys.stderr.fileno() == 2
-    except (AttributeError, OSError, ValueError):
-        real = False
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if verbose or real else "WARNING")
-    if verbose or not real:
+    fd_backed = _fd_backed()
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if verbose or fd_backed else "WARNING")
+    if log_path is not None:
+        yield log_path
+        return
+    if verbose or not _fds_open() or not (fd_backed or captured):
         yield None
         return
     logs = cache_path("logs")
     logs.mkdir(parents=True, exist_ok=True)
-    path = logs / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path = path or logs / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    out.file, err.file = os.fdopen(os.dup(saved[0]), "w"), os.fdopen(os.dup(saved[1]), "w")
+    if fd_backed:
+        out.file, err.file = os.fdopen(os.dup(saved[0]), "w"), os.fdopen(os.dup(saved[1]), "w")
     log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
@@ -62,10 +83,11 @@ def chatter_to_log(verbose: bool = False, name: str = "solver"):
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-        for console in (out, err):
-            console.file.flush()
-            console.file.close()
-            console.file = None  # back to sys.stdout / sys.stderr
+        if fd_backed:
+            for console in (out, err):
+                console.file.flush()
+                console.file.close()
+                console.file = None  # back to sys.stdout / sys.stderr
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         os.close(saved[0])
@@ -85,7 +107,7 @@ class _Warnings(logging.Handler):
         warn(record.getMessage())
 
 
-for _name in ("solver", "graphs", "index", "finetune"):  # our packages' loggers: on the terminal, one line each
+for _name in ("solver", "graphs", "index", "finetune", "execution"):  # our packages' loggers: one line each
     logging.getLogger(_name).addHandler(_Warnings(logging.WARNING))
 
 
@@ -94,22 +116,31 @@ def fail(message: str, code: int = 2):
     raise typer.Exit(code)
 
 
+def rate(done: int, seconds: float | None) -> float | None:
+    """Items a second, as the bar and the summary both say it (None: nothing to say yet)."""
+    return done / seconds if seconds and done > 0 else None
+
+
 class RateColumn(ProgressColumn):
-    """Items per second, in the caller's unit (questions, texts)."""
+    """Items per second since the task started, in the caller's unit (questions, texts),
+    counting only the items done since: a resumed run's journaled answers (the task's
+    `base` field) are not this run's speed, and the summary line counts the same way."""
 
     def __init__(self, unit: str):
         super().__init__()
         self.unit = unit
 
     def render(self, task) -> Text:
-        return Text(f"{task.speed:.2f} {self.unit}/s" if task.speed else f"-- {self.unit}/s")
+        r = rate(task.completed - task.fields.get("base", 0), task.elapsed)
+        return Text(f"{r:.2f} {self.unit}/s" if r else f"-- {self.unit}/s")
 
 
 def progress_bar(unit: str, disable: bool = False, console: Console | None = None) -> Progress:
-    """The one progress bar: description, bar, done/total, rate, elapsed, time left (on stderr)."""
+    """The one progress bar: description, bar, done/total, rate, elapsed, time left (on
+    stderr); its clock is time.perf_counter, which the summaries' timings use too."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit), TimeElapsedColumn(),
                TimeRemainingColumn())
-    return Progress(*columns, console=console or err, disable=disable, transient=False)
+    return Progress(*columns, console=console or err, disable=disable, transient=False, get_time=time.perf_counter)
 
 
 @contextmanager
@@ -140,17 +171,37 @@ def skipped_note(loaded) -> str:
     return f"; in the file: {', '.join(parts)}" if parts else ""
 
 
+INTERRUPTED = "the answers so far are journaled"
+interrupted_line = "error: interrupted"  # what a Ctrl-C ends with: the running command's (`reported`)
+
+
+def interrupted_at_exit(signum=None, frame=None) -> None:
+    """A Ctrl-C once the command is over, while the libraries tear down (torch, vLLM): the
+    command's one line and exit 130, never a traceback from a finalizer (solver.cli.main)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os.write(2, (interrupted_line + "\n").encode())
+    os._exit(130)
+
+
 @contextmanager
-def reported(interrupted: str = "the answers so far are journaled"):
+def reported(interrupted: str = INTERRUPTED):
     """User errors exit 2 with one line; a failed backbone or Ctrl-C exits non-zero, also one line."""
+    global interrupted_line
+    interrupted_line = f"error: interrupted: {interrupted}; run the same command again to resume"
     try:
         yield
+    except typer.Exit:  # a `fail` inside: already said
+        raise
     except UserError as e:
         fail(str(e))
     except BackboneError as e:
         fail(str(e), 1)
     except KeyboardInterrupt:
-        fail(f"interrupted: {interrupted}; run the same command again to resume", 130)
+        fail(interrupted_line.removeprefix("error: "), 130)
     except Exception as e:  # a bug or a library's failure: one line here, the traceback in the log
         if log_path is None:
             raise

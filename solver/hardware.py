@@ -22,6 +22,19 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 # set per engine (an in-process engine's settings must not leak into the next one's).
 ENGINE_VARS = ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE")
 USER_ENV = {k: os.environ[k] for k in ENGINE_VARS if k in os.environ}
+# What the libraries are told when the solver runs (CLI, Python API, tests, benchmarks alike):
+# the vLLM engine core in this process, not a spawned one (a spawn re-imports the caller's
+# main module, which breaks a script without a __main__ guard, standard input and a
+# notebook, and a spawned core outlives a killed run), and libraries quiet about the rest.
+# (How much vLLM logs follows from where its log goes: solver/console.py.)
+LIBRARY_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TRANSFORMERS_VERBOSITY": "error",
+                    "TOKENIZERS_PARALLELISM": "false"}
+
+
+def library_defaults() -> None:
+    """Set LIBRARY_DEFAULTS where the user has not set the variable: theirs wins."""
+    for key, value in LIBRARY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 @cache

@@ -28,6 +28,7 @@ def sha256_file(path: Path) -> str:
 def atomic_write(path: Path, text: str) -> None:
     """Write a whole file or nothing: a reader never sees half of it."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with tmp.open("w", encoding="utf-8", newline="") as f:
         f.write(text)
@@ -72,12 +73,14 @@ class Journal:
                 self.resumed = True
                 with self.path.open("r+b") as f:
                     f.truncate(len(data))
-        if not self.resumed:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.path, json.dumps({"fingerprint": fingerprint}) + "\n")
-        self._f = self.path.open("a", encoding="utf-8")
+        self.fingerprint = fingerprint
+        self._f = self.path.open("a", encoding="utf-8") if self.resumed else None
 
     def add(self, predictions: list[Prediction]) -> None:
+        if self._f is None:  # the first answers: a run that fails before any leaves no file (nor folder) behind
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, json.dumps({"fingerprint": self.fingerprint}) + "\n")
+            self._f = self.path.open("a", encoding="utf-8")
         for p in predictions:
             self._f.write(p.model_dump_json() + "\n")
             self.done[p.task_id] = p
@@ -85,7 +88,8 @@ class Journal:
         os.fsync(self._f.fileno())
 
     def close(self) -> None:
-        self._f.close()
+        if self._f is not None:
+            self._f.close()
 
 
 def submission_csv(questions: list[Question], preds: dict[str, Prediction]) -> str:

@@ -17,7 +17,8 @@ from solver.journal import atomic_dir, sha256_file
 from solver.registry import ModelError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-__all__ = ["DEFAULT_MODEL", "ModelError", "adapter_config", "merged_model", "resolve_adapter", "resolve_model"]
+__all__ = ["DEFAULT_MODEL", "ModelError", "adapter_config", "locate_model", "merged_model", "resolve_adapter",
+           "resolve_model"]
 
 
 def cache_dir() -> Path:
@@ -85,25 +86,32 @@ def merged_model(base: str, adapter: str) -> str:
     return str(out)
 
 
-def resolve_model(spec: str) -> str:
-    """A path or hub id that vLLM and transformers can load."""
+def locate_model(spec: str) -> tuple[str, bool]:
+    """(where `spec`'s weights are, whether that is a GGUF to dequantize first), or one line
+    saying why they are not here; reads no weights, so a run checks every model first."""
     e = registry.entry(spec)
     if e is not None and e.kind == "llm":
         path = registry.require(e.name)
-        return str(dequantize_gguf(path) if path.suffix == ".gguf" else path)
+        return str(path), path.suffix == ".gguf"
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise ModelError(f"model '{spec}': no such GGUF file")
-        return str(dequantize_gguf(path.resolve()))
+        return str(path.resolve()), True
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelError(f"model '{spec}': folder has no config.json")
-        return str(path.resolve())
+        return str(path.resolve()), False
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
-        return spec  # a hub id: loaded by vLLM/transformers as usual
+        return spec, False  # a hub id: loaded by vLLM/transformers as usual
     names = ", ".join(n for n, e in registry.MODELS.items() if e.kind == "llm")
     raise ModelError(f"model '{spec}': not a registered name ({names}), a local folder, a .gguf file or a hub id")
+
+
+def resolve_model(spec: str) -> str:
+    """A path or hub id that vLLM and transformers can load."""
+    where, gguf = locate_model(spec)
+    return str(dequantize_gguf(Path(where))) if gguf else where
 
 
 def resolve_adapter(spec: str) -> str:

@@ -39,9 +39,10 @@ def answer_all(
     todo = [[q for q in b if q.task_id not in preds] for b in todo]
     todo = [b for b in todo if b]
     solver = make_solver() if todo else None  # engine start-up is not answering time
-    fresh, start, warned = 0, time.perf_counter(), set()
-    with progress_bar("q", disable=quiet) as bar:
-        task = bar.add_task("answering", total=len(questions), completed=len(preds))
+    fresh, warned = 0, set()
+    with progress_bar("q", disable=quiet) as bar:  # its rate and the summary's: the same answers over the same time
+        task = bar.add_task("answering", total=len(questions), completed=len(preds), base=len(preds))
+        start = bar.tasks[0].start_time
         for batch in todo:
             out = solver.solve_batch(batch)
             journal.add([p for p in out if p.read])

@@ -22,8 +22,9 @@ import pytest
 
 from solver.backbone import Backbone
 from solver.cache import root
+from solver.hardware import library_defaults
 
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+library_defaults()
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 ROOT = Path(__file__).resolve().parents[1]

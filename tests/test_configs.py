@@ -49,6 +49,7 @@ def test_labelled_data_is_the_users_and_never_the_scored_split(tmp_path):
     cfg, note = with_labelled(graph.model_copy(update={"answer": graph.answer.model_copy(update={"shots": 3})}), None)
     assert not cfg.retrieve.enabled and cfg.answer.shots == 0 and "--labelled FILE" in note
     data = tmp_path / "train.csv"
+    data.write_text("task_id,question,choices,answer\n")  # --labelled must name a file that is there
     assert _configured(ROOT / "configs" / "graph.yaml", data, held_out_of=data).retrieve.split == "train"
     assert _configured(ROOT / "configs" / "graph.yaml", data, held_out_of=tmp_path / "other.csv").retrieve.split is None
     assert with_labelled(load_config(ROOT / "configs" / "baseline.yaml"), None)[1] is None  # retrieves nothing: no note
@@ -73,3 +74,10 @@ def test_the_single_pass_is_the_graph_with_its_other_steps_off():
     assert enabled_nodes(run) == ["answer", "vote", "decide"] and run.vote.rule == "mean"
     assert [b.label for b in run.backbones] == [baseline.backbone.label] and run.answer.orders == 1
     assert run.vote.debias.source == "none" and run.answer.batch_size == baseline.answer.batch_size
+
+
+def test_config_comments_name_the_cache_root_not_a_working_folder():
+    """Everything kept lives under the cache root (solver/cache.py); a comment pointing at
+    `.cache/` sends a user to a folder that is not there."""
+    for path in CONFIGS:
+        assert ".cache/" not in path.read_text(), path.name
