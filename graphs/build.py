@@ -13,6 +13,7 @@ from graphs.batcher import StepBatcher
 from graphs.nodes import ballots, make_nodes
 from graphs.state import State
 from graphs.vote import weighted
+from solver.backbone import run_coroutine
 from solver.config import SolverConfig
 from solver.types import Cost, Prediction, Question
 
@@ -123,7 +124,7 @@ class GraphRunner:
         return await asyncio.gather(*(self._one(i, q) for i, q in enumerate(questions)))
 
     def run(self, questions: list[Question]) -> list[Prediction]:
-        states = asyncio.run(self._all(questions))
+        states = run_coroutine(self._all(questions))
         return [self._prediction(q, s) for q, s in zip(questions, states)]
 
     def _prediction(self, q: Question, s: dict) -> Prediction:

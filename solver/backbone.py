@@ -27,6 +27,19 @@ log = logging.getLogger(__name__)  # warnings the user can act on: the CLI shows
 MAX_LOGPROBS = 32  # at least 26 letters; what the engine is started to allow
 
 
+def run_coroutine(coro):
+    """`asyncio.run(coro)`, also where an event loop already runs in this thread (a notebook
+    kernel's): then in a thread of its own, with its own loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 class BackboneError(RuntimeError):
     """A backbone that failed (a dead server, a timeout): reported by its name."""
 
@@ -294,7 +307,7 @@ class ServerBackbone(Backbone):
         return result
 
     def choose(self, prompts, options, keys=None):
-        return asyncio.run(self.achoose(prompts, options, keys))
+        return run_coroutine(self.achoose(prompts, options, keys))
 
 
 class CachedBackbone(Backbone):

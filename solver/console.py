@@ -30,6 +30,7 @@ from solver.types import UserError
 out = Console(soft_wrap=True)  # a line written to a file or pipe is never hard-wrapped at 80 columns
 err = Console(stderr=True, soft_wrap=True)
 log_path: Path | None = None  # the log file chatter goes to now, if any
+_log_streams: dict[Path, object] = {}  # a log's Python stream, kept open: a library's handler may hold it
 
 
 def _fds_open() -> bool:
@@ -70,9 +71,12 @@ def chatter_to_log(verbose: bool = False, name: str = "solver", path: Path | Non
     path = path or logs / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
+    saved, streams = (os.dup(1), os.dup(2)), (sys.stdout, sys.stderr)
     if fd_backed:
         out.file, err.file = os.fdopen(os.dup(saved[0]), "w"), os.fdopen(os.dup(saved[1]), "w")
+    else:  # a capture (a notebook kernel's, a test's) takes Python's writes: those go to the log too
+        out.file, err.file = streams
+        sys.stdout = sys.stderr = _log_streams.setdefault(path, open(path, "a", buffering=1))
     log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
@@ -83,11 +87,12 @@ def chatter_to_log(verbose: bool = False, name: str = "solver", path: Path | Non
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-        if fd_backed:
-            for console in (out, err):
-                console.file.flush()
+        sys.stdout, sys.stderr = streams
+        for console in (out, err):
+            console.file.flush()
+            if fd_backed:
                 console.file.close()
-                console.file = None  # back to sys.stdout / sys.stderr
+            console.file = None  # back to sys.stdout / sys.stderr
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         os.close(saved[0])

@@ -1,5 +1,6 @@
 """The Python API exactly as the README shows it: its one ```python block, run in a fresh
-process as a script (no `__main__` guard) and from standard input, with the real engine."""
+process as a script (no `__main__` guard), from standard input and in a notebook kernel
+(whose event loop is running), with the real engine."""
 
 import ast
 import re
@@ -19,10 +20,35 @@ def readme_example() -> str:
     return block
 
 
-@pytest.mark.parametrize("how", ["script", "stdin"])
+def in_a_kernel(code: str) -> tuple[int, str, str]:
+    """(1 if it raised else 0, what it printed on stdout, on stderr) in a fresh ipykernel."""
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(ROOT))
+    try:
+        msg_id, said, failed = kc.execute(code), {"stdout": "", "stderr": ""}, 0
+        while True:
+            m = kc.get_iopub_msg(timeout=600)
+            if m["parent_header"].get("msg_id") != msg_id:
+                continue
+            if m["msg_type"] == "stream":
+                said[m["content"]["name"]] += m["content"]["text"]
+            elif m["msg_type"] == "error":
+                failed, said["stderr"] = 1, said["stderr"] + "\n".join(m["content"]["traceback"])
+            elif m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+                return failed, said["stdout"], said["stderr"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+@pytest.mark.parametrize("how", ["script", "stdin", "notebook"])
 def test_the_readme_example_runs_and_is_quiet(tmp_path, cache, how):
     code = readme_example()
-    if how == "script":
+    if how == "notebook":
+        rc, stdout, stderr = in_a_kernel(code)
+        r = subprocess.CompletedProcess([], rc, stdout, stderr)
+    elif how == "script":
         script = tmp_path / "example.py"
         script.write_text(code)
         r = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True)

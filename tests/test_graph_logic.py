@@ -148,3 +148,19 @@ def test_resume_sends_the_calls_an_uninterrupted_run_sends(tokenizer, tmp_path):
     resumed, fresh, calls = run(tmp_path / "part.jsonl", knows)
     assert whole_calls == [["q0", "q1", "q2"], ["q3", "q4", "q5"], ["q6"]] and calls == whole_calls[1:] and fresh == 4
     assert {t: p.letter for t, p in resumed.items()} == {t: p.letter for t, p in whole.items()}
+
+
+def test_a_coroutine_runs_inside_a_running_event_loop():
+    """A notebook kernel runs an event loop: the graph and the served backbone run their own
+    beside it (solver.backbone.run_coroutine), where asyncio.run alone refuses."""
+    import asyncio
+
+    from solver.backbone import run_coroutine
+
+    async def answer():
+        return 42
+
+    async def in_a_notebook():
+        return run_coroutine(answer())
+
+    assert asyncio.run(in_a_notebook()) == 42 and run_coroutine(answer()) == 42
