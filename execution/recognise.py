@@ -174,3 +174,30 @@ def job_for(q: Question) -> Job | None:
     if language == "python" and ">>>" in code:
         code = repl_to_script(code)
     return Job("output", language, [code])
+
+
+# kind_of: the benchmark's kinds of question, read from the ask (the first lines), not the id
+KINDS = ("completion", "behaviour", "output", "repair", "knowledge")
+COMPLETION = re.compile(r"\bmissing a part\b|\bincomplete solution\b|\bmost likely completion\b|"
+                        r"\bcomplete (the|this|following)\b|\bfill(ing)? in the blank", re.I)
+REPAIR = re.compile(r"\bincorrect results\b|\b(fix|repair|identif\w*|find|locate)\w*\s+(the\s+|a\s+)?(bug|defect)", re.I)
+ASKS_OUTPUT_STRICT = re.compile(r"\b(output|print(?:s|ed)?|displayed?)\b", re.I)
+CODE_CHARS = re.compile(r"[;{}()\[\]=<>]|^\s*(>>>|def |import |#include)", re.M)
+
+
+def kind_of(q: Question) -> str:
+    """One of KINDS, from the question's text: the kinds are answered differently (a
+    blank's completion, a program's behaviour, a snippet's output, a bug's repair, the rest)."""
+    text = question_text(q)
+    ask = text[:300]
+    if COMPLETION.search(ask):
+        return "completion"
+    if BEHAVIOUR.search(ask):
+        return "behaviour"
+    if REPAIR.search(ask) and CODE_CHARS.search(code_of(text)):
+        return "repair"
+    head = text[:120].casefold()
+    if ASKS_OUTPUT_STRICT.search(head) and re.search(r"\b(what|which|select|predict|find)\b|\?|^output of", head) \
+            and CODE_CHARS.search(code_of(text) or text[60:]):
+        return "output"
+    return "knowledge"
