@@ -89,3 +89,13 @@ def test_prior_features_exclude_the_question_itself():
     rest = OptionPriors.build(LABELLED[1:])
     assert FEATURES["prior_rate"].fn(Evidence(own, "knowledge", priors=full)) == pytest.approx(
         [rest.rate(c) for c in own.choices])
+
+
+def test_out_of_fold_priors_never_read_their_own_fold():
+    from graphs.priors import fold_of, out_of_fold
+
+    priors_of = out_of_fold(LABELLED, folds=2, seed=0)
+    for own in LABELLED:
+        others = [x for x in LABELLED if fold_of(x.task_id, 2, 0) != fold_of(own.task_id, 2, 0)]
+        assert own.task_id not in priors_of(own).ids and priors_of(own).ids == {x.task_id for x in others}
+    assert priors_of(q("new", ["True"], None, "z")).ids == {x.task_id for x in LABELLED}
