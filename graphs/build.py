@@ -10,17 +10,17 @@ from langgraph.graph import END, START, StateGraph
 from execution import sandbox
 from graphs import routing as R
 from graphs.batcher import StepBatcher
-from graphs.nodes import ballots, make_nodes
+from graphs.nodes import ballots, make_nodes, neighbours_for
 from graphs.state import State
 from graphs.vote import weighted
 from solver.backbone import run_coroutine
 from solver.config import SolverConfig
-from solver.types import Cost, Prediction, Question
+from solver.types import Cost, Found, Prediction, Question
 
 
 def enabled_nodes(cfg: SolverConfig) -> list[str]:
-    on = {"retrieve": cfg.retrieve.enabled, "execute": cfg.execute.enabled, "answer": True, "vote": True,
-          "verify": cfg.verify.enabled,
+    on = {"retrieve": cfg.retrieve.enabled, "execute": cfg.execute.enabled, "settle": R.settles(cfg), "answer": True,
+          "vote": True, "verify": cfg.verify.enabled,
           "reanswer": cfg.reanswer.enabled, "decide": True}
     return [n for n, v in on.items() if v]
 
@@ -37,13 +37,15 @@ def build_graph(cfg: SolverConfig, nodes: dict | None = None):
 
     if "retrieve" in names:
         g.add_edge(START, "retrieve")
-        edges("retrieve", R.after_retrieve, [R.DECIDE, R.EXECUTE, R.ANSWER])
+        edges("retrieve", R.after_retrieve, [R.DECIDE, R.EXECUTE, R.SETTLE, R.ANSWER])
     elif "execute" in names:
         g.add_edge(START, "execute")
     else:
         edges(START, R.fan_out, [R.ANSWER])
     if "execute" in names:
-        edges("execute", R.after_execute, [R.DECIDE, R.ANSWER])
+        edges("execute", R.after_execute, [R.DECIDE, R.SETTLE, R.ANSWER])
+    if "settle" in names:
+        edges("settle", R.after_settle, [R.DECIDE, R.ANSWER])
     g.add_edge("answer", "vote")  # every voter's answer (Send), then one vote
     edges("vote", R.after_vote, [R.DECIDE, R.VERIFY, R.REANSWER])
     if "verify" in names:
@@ -91,23 +93,26 @@ class GraphRunner:
     requests are (prompt, options, task_id): replicated servers route by the question."""
 
     def __init__(self, cfg: SolverConfig, backbones: dict, index=None, confusion=None, hardware: dict | None = None,
-                 priors: dict | None = None, weights: dict | None = None, extra: dict | None = None):
+                 priors: dict | None = None, weights: dict | None = None, extra: dict | None = None, fitted=None):
         """`priors`, `weights`: the vote's calibration (solver/api.py); `extra`: task_id ->
         {calls, tokens} it cost beyond the graph (the question answered in every cyclic
-        order to estimate the priors), added to that question's cost."""
+        order to estimate the priors), added to that question's cost; `fitted`: the fitted
+        decision (graphs/ranker.py), which reads `index`'s labelled questions."""
         handlers = {label: (lambda reqs, bb=bb: bb.achoose([p for p, _, _ in reqs], [o for _, o, _ in reqs],
                                                            [k for _, _, k in reqs]))
                     for label, bb in backbones.items()}
         if index is not None:  # neighbours serve the re-answer and answer.shots: without them, no embedding at all
             k = max(cfg.retrieve.k if cfg.reanswer.enabled else 0, cfg.answer.shots)
             handlers["index"] = lambda qs: index.query(qs, k=k, min_score=cfg.retrieve.min_score)
+        if index is not None and fitted is not None:  # the fitted decision's neighbours: any similarity, copies too
+            handlers["neighbours"] = lambda qs: neighbours_for(index, qs, cfg.decide.k)
         if cfg.execute.enabled:  # the sandbox's runs, in a thread: LLM calls of the same step overlap them
             handlers["execute"] = lambda jobs: asyncio.to_thread(sandbox.run_jobs, jobs, cfg.execute)
             sandbox_warnings(cfg.execute)
         handlers["vote"] = self._weighted
         self.index, self.confusion, self.hardware, self.extra = index, confusion, hardware or {}, extra or {}
         self.batcher = StepBatcher(handlers)
-        nodes = make_nodes(cfg, backbones, self.batcher, index, priors, weights)
+        nodes = make_nodes(cfg, backbones, self.batcher, index, priors, weights, fitted)
         self.graph = build_graph(cfg, {name: self.batcher.node(fn) for name, fn in nodes.items()})
 
     def _weighted(self, items: list) -> list[dict]:
@@ -134,6 +139,9 @@ class GraphRunner:
         cost = Cost(calls=s.get("calls", 0) + extra.get("calls", 0), tokens=s.get("tokens", 0) + extra.get("tokens", 0),
                     runs=s.get("runs", 0), run_seconds=round(s.get("run_seconds", 0.0), 3))
         votes, failed, cut = ballots(s.get("votes") or [])
+        found = Found(pooled=s.get("probs") or {}, duplicate=(s.get("duplicate") or {}).get("answer"),
+                      executed=s.get("executed"), neighbours=s.get("found_neighbours") or [],
+                      decided_by=s.get("decided_by") or "rules")
         return Prediction(task_id=q.task_id, letter=s.get("letter"), probabilities=s.get("final") or {},
-                          votes=votes, failed=failed, cut=cut, cost=cost, error=s.get("error"),
+                          votes=votes, failed=failed, cut=cut, cost=cost, error=s.get("error"), found=found,
                           trace=s["trace"] + [{"step": "cost"} | cost.model_dump() | self.hardware])

@@ -5,7 +5,8 @@ A registry (the lm-evaluation-harness way): each feature is a pure function of t
 registered with its group and a one-sentence doc. `matrix(ev, names)` stacks them for
 LightGBM. Features of the `text` and `prior` groups read how the benchmark was built (its
 distractors' edits, its reused option texts), not what the code does: eval/fit_probe.py
-measures what they buy, with and without them.
+measures what they buy, with and without them. Only the `model` group needs an LLM call;
+its per-voter features are named `logp@VOTER` (`voter_features`), one per voter a config has.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from execution.recognise import KINDS, code_of
+from execution.recognise import KINDS, code_of, kind_of
 from graphs.priors import OptionPriors
 from index.embed import normalise, normalise_option
 from solver.prompts import question_text
-from solver.types import LETTERS, Question
+from solver.types import LETTERS, Found, Question
 
 
 @dataclass(frozen=True)
@@ -44,22 +45,50 @@ def feature(group: str, doc: str):
 
 @dataclass
 class Evidence:
-    """What the graph knows of one question when it decides (the LLM's votes come later)."""
+    """What the graph knows of one question when it decides."""
 
     question: Question
     kind: str
     neighbours: list[tuple[Question, float]] = field(default=())  # solved, cosine; best first; never itself
     priors: OptionPriors | None = None  # its rates always leave this question's own row out
+    votes: dict[str, dict[str, float]] = field(default_factory=dict)  # voter -> its probabilities (no LLM: {})
+    pooled: dict[str, float] = field(default_factory=dict)  # the vote's combination of them
+    executed: dict | None = None  # the sandboxed run's evidence (execution/evidence.py), if the question ran
+    duplicate: str | None = None  # an exact solved copy's letter
+
+
+def evidence_of(q: Question, found: Found, votes: dict[str, dict[str, float]], solved: Callable[[str], Question | None],
+                priors: OptionPriors | None) -> Evidence:
+    """The Evidence of a question from what the graph found (a Prediction's `found` and
+    `votes`), `solved` looking up its neighbours' labelled questions: the one way the graph's
+    decide step and `solver fit` make it, so a fit reads what the run will read."""
+    neighbours = [(nb, s) for t, s in found.neighbours if (nb := solved(t)) is not None]
+    return Evidence(q, kind_of(q), neighbours, priors, votes, found.pooled, found.executed, found.duplicate)
+
+
+VOTER = "logp@"  # a per-voter feature's name: logp@smollm2-135m-instruct@0
+
+
+def voter_features(voters: list[str]) -> list[str]:
+    return [VOTER + v for v in voters]
+
+
+def _voter_logp(ev: Evidence, voter: str) -> list[float]:
+    return _logp(ev.votes.get(voter) or {}, ev.question)
 
 
 def matrix(ev: Evidence, names: list[str]) -> np.ndarray:
     """(options x features) float32, columns in the order of `names`."""
-    cols = [FEATURES[name].fn(ev) for name in names]
+    cols = [_voter_logp(ev, n.removeprefix(VOTER)) if n.startswith(VOTER) else FEATURES[n].fn(ev) for n in names]
     return np.asarray(cols, dtype=np.float32).reshape(len(names), len(ev.question.choices)).T
 
 
 def names_in(groups: list[str]) -> list[str]:
     return [f.name for f in FEATURES.values() if f.group in groups]
+
+
+GROUPS = ("kind", "model", "execution", "retrieval", "text", "prior", "shape")
+LLM_GROUPS = ("model",)  # the only groups that need an LLM call
 
 
 # ---- kind: which kind of question (constant over a question's options) --------------
@@ -291,3 +320,67 @@ def nb_top(ev: Evidence) -> list[float]:
 def nb_same_text(ev: Evidence) -> list[float]:
     own = normalise(ev.question.question)
     return [float(any(normalise(nb.question) == own for nb, _ in ev.neighbours))] * len(ev.question.choices)
+
+
+# ---- model: what the LLM said (the only group that needs an LLM call) ------------------
+
+def _logp(probs: dict[str, float], q: Question) -> list[float]:
+    """log-probabilities per option; uniform where no reply was read."""
+    if not probs:
+        return [float(np.log(1 / len(q.choices)))] * len(q.choices)
+    return [float(np.log(max(probs.get(L, 0.0), 1e-6))) for L in q.letters]
+
+
+@feature("model", "log of the vote's pooled probability for the option (uniform without a reply).")
+def llm_logp(ev: Evidence) -> list[float]:
+    return _logp(ev.pooled, ev.question)
+
+
+@feature("model", "llm_logp minus the best other option's: how far the vote prefers this option.")
+def llm_margin(ev: Evidence) -> list[float]:
+    lp = _logp(ev.pooled, ev.question)
+    return [x - max(lp[:i] + lp[i + 1:]) for i, x in enumerate(lp)]
+
+
+@feature("model", "The option's rank in the vote, 0 for its top option.")
+def llm_rank(ev: Evidence) -> list[float]:
+    lp = _logp(ev.pooled, ev.question)
+    return [float(sum(y > x for y in lp)) for x in lp]
+
+
+# ---- execution: what running the question's code in the sandbox said ------------------
+
+RUN_KINDS = ("output", "examples", "compile", "error")
+
+
+def _consistent(ev: Evidence) -> list[str]:
+    return (ev.executed or {}).get("consistent") or []
+
+
+@feature("execution", "1 when the sandboxed run is consistent with the option (its output, passing examples, ...).")
+def run_consistent(ev: Evidence) -> list[float]:
+    keep = _consistent(ev)
+    return [float(L in keep) for L in ev.question.letters]
+
+
+@feature("execution", "1 when the run is consistent with some options and not with this one.")
+def run_ruled_out(ev: Evidence) -> list[float]:
+    keep = _consistent(ev)
+    return [float(bool(keep) and L not in keep) for L in ev.question.letters]
+
+
+@feature("execution", "1 when the run leaves this option alone.")
+def run_settles(ev: Evidence) -> list[float]:
+    settled = (ev.executed or {}).get("settled")
+    return [float(L == settled) for L in ev.question.letters]
+
+
+@feature("execution", "Which kind of evidence the run gave: 0 none, 1 output, 2 examples, 3 compile, 4 error.")
+def run_kind(ev: Evidence) -> list[float]:
+    kind = (ev.executed or {}).get("kind")
+    return [float(RUN_KINDS.index(kind) + 1 if kind in RUN_KINDS else 0)] * len(ev.question.choices)
+
+
+@feature("retrieval", "1 for the option an exact solved copy (same question, same options) answered.")
+def duplicate(ev: Evidence) -> list[float]:
+    return [float(L == ev.duplicate) for L in ev.question.letters]

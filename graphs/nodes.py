@@ -9,7 +9,11 @@ vote:     the voters' probabilities combined by `vote.rule` (graphs/vote.py).
 verify:   P(TRUE) that the current answer is right, from the logprobs of TRUE/FALSE.
 reanswer: answer again after solved neighbours as worked examples, without the option
           verification turned down (if `eliminate`); the first backbone, every order.
-decide:   the final letter (graphs/routing.py: `decide`).
+settle:   with a fitted decision: its LLM-free gate (graphs/ranker.py), which settles the
+          question with no LLM call where it is sure enough for the question's kind.
+decide:   the final letter: a duplicate's, a trusted run's, the gate's, else the fitted
+          ranker's over every option's features, or without a fit the rules
+          (graphs/routing.py: `decide`).
 
 A backbone that fails (a dead server, a timeout) costs its votes on the questions of
 that call, never the run: the trace says which backbone failed and why.
@@ -18,13 +22,23 @@ that call, never the run: the trace says which backbone failed and why.
 from __future__ import annotations
 
 from execution.evidence import evidence
-from execution.recognise import job_for
+from execution.recognise import job_for, kind_of
 from graphs import vote as V
 from graphs.debias import debias
+from graphs.features import evidence_of
+from graphs.priors import OptionPriors
 from graphs.routing import current, decide, has_examples, option_order, settled_by_run, verify_update
 from solver.backbone import BackboneError
 from solver.prompts import VERDICTS, PromptTooLong, answer_prompt, verify_prompt
-from solver.types import Question, top_letter, voter
+from solver.types import Found, Question, top_letter, voter
+
+
+def neighbours_for(index, questions: list[Question], k: int, progress=None) -> list[list[tuple[str, float]]]:
+    """What the fitted decision's retrieval features read: each question's k nearest solved
+    questions at any similarity, copies with other options included, never the question
+    itself (the index leaves its own task_id out). The graph and `solver fit` both ask this."""
+    return [[(n.task_id, n.score) for n in r.neighbors]
+            for r in index.query(questions, k=k, min_score=0.0, exclude_same_text=False, progress=progress)]
 
 
 def ballots(votes: list[dict]) -> tuple[dict[str, dict[str, float]], dict[str, str], bool]:
@@ -43,12 +57,20 @@ def _map_back(r: dict[str, float], order: list[int], letters: list[str]) -> dict
 
 
 def make_nodes(cfg, backbones: dict, batcher, index=None, priors: dict | None = None,
-               weights: dict[str, float] | None = None) -> dict:
+               weights: dict[str, float] | None = None, fitted=None) -> dict:
     """`backbones`: label -> Backbone, in the config's order; the first verifies and re-answers.
-    `priors`: label -> its position prior (graphs/debias.py); `weights`: the pool's."""
+    `priors`: label -> its position prior (graphs/debias.py); `weights`: the pool's;
+    `fitted`: the fitted decision (graphs/ranker.py), with `index` its labelled questions."""
     first = cfg.backbone.label
     orders = cfg.answer.orders
     priors, weights = priors or {}, weights if weights is not None else cfg.vote.weights
+    option_priors = OptionPriors.build(index.records, kind_of=kind_of) if fitted is not None else None
+
+    def evidence_now(s, votes=None):
+        """The question's Evidence as the graph holds it now (the votes once answered)."""
+        found = Found(pooled=s.get("probs") or {}, duplicate=(s.get("duplicate") or {}).get("answer"),
+                      executed=s.get("executed"), neighbours=s.get("found_neighbours") or [])
+        return evidence_of(s["question"], found, votes or {}, index.get, option_priors)
 
     def unbiased(label: str, r: dict[str, float] | None) -> tuple[dict[str, float] | None, list[float] | None]:
         """A reply over the view's letters (= positions) without the backbone's position prior."""
@@ -107,8 +129,16 @@ def make_nodes(cfg, backbones: dict, batcher, index=None, priors: dict | None = 
         (r,) = await batcher.submit("index", [s["question"]])
         dup = r.duplicate.model_dump() if cfg.retrieve.duplicates and r.duplicate else None
         neighbors = [n.model_dump() for n in r.neighbors]
-        return {"duplicate": dup, "neighbors": neighbors,
-                "trace": [{"step": "retrieve", "duplicate": dup, "note": r.note, "neighbors": neighbors}]}
+        update = {"duplicate": dup, "neighbors": neighbors,
+                  "trace": [{"step": "retrieve", "duplicate": dup, "note": r.note, "neighbors": neighbors}]}
+        if fitted is not None and not dup:
+            (update["found_neighbours"],) = await batcher.submit("neighbours", [s["question"]])
+        return update
+
+    async def settle(s):
+        letter, probs, moved = fitted.settles(evidence_now(s))
+        return {"settled": letter, "gated": probs,
+                "trace": [{"step": "settle", "letter": letter, "probabilities": probs, "moved_by": moved}]}
 
     async def execute(s):
         q = s["question"]
@@ -173,12 +203,21 @@ def make_nodes(cfg, backbones: dict, batcher, index=None, priors: dict | None = 
         return update | {"trace": [step]}
 
     async def decide_node(s):
-        if not s.get("probs") and not s.get("duplicate") and not settled_by_run(s, cfg):
+        by = "duplicate" if s.get("duplicate") else "run" if settled_by_run(s, cfg) else "settle" if s.get("settled") \
+            else "ranker" if fitted is not None and s.get("probs") else "rules"
+        if by == "rules" and not s.get("probs"):
             return {"letter": None, "final": {}, "trace": [{"step": "decide", "letter": None, "unread": True}]}
-        letter, final = decide(s, cfg)
+        step = {"step": "decide", "by": by}
+        if by == "settle":
+            final = s["gated"]
+        elif by == "ranker":
+            final, step["moved_by"] = fitted.score(evidence_now(s, ballots(s.get("votes") or [])[0]))
+        else:
+            final = decide(s, cfg)[1]
+        letter = top_letter(final)
         first_letter = top_letter(s["probs"]) if s.get("probs") else None
         changed = [first_letter, letter] if first_letter and first_letter != letter else None
-        return {"letter": letter, "final": final, "trace": [{"step": "decide", "letter": letter, "changed": changed}]}
+        return {"letter": letter, "final": final, "decided_by": by, "trace": [step | {"letter": letter, "changed": changed}]}
 
-    return {"retrieve": retrieve, "execute": execute, "answer": answer, "vote": vote, "verify": verify, "reanswer": reanswer,
-            "decide": decide_node}
+    return {"retrieve": retrieve, "execute": execute, "settle": settle, "answer": answer, "vote": vote, "verify": verify,
+            "reanswer": reanswer, "decide": decide_node}

@@ -13,7 +13,8 @@ from langgraph.types import Send
 from solver.config import SolverConfig
 from solver.types import top_letter
 
-DECIDE, ANSWER, VOTE, VERIFY, REANSWER, EXECUTE = "decide", "answer", "vote", "verify", "reanswer", "execute"
+DECIDE, ANSWER, VOTE, VERIFY, REANSWER, EXECUTE, SETTLE = ("decide", "answer", "vote", "verify", "reanswer", "execute",
+                                                           "settle")
 
 
 def option_order(n: int, k: int, seed: str) -> list[int]:
@@ -50,10 +51,19 @@ def can_reanswer(s: dict, cfg: SolverConfig) -> bool:
     return has_examples(s, cfg) or (cfg.reanswer.eliminate and bool(s.get("rejected")))
 
 
+def settles(cfg: SolverConfig) -> bool:
+    """The fitted gate runs: a fitted decision that may settle a question with no LLM call."""
+    return bool(cfg.decide.fitted) and cfg.decide.settle
+
+
+def before_answer(s: dict, cfg: SolverConfig) -> str | list[Send]:
+    return SETTLE if settles(cfg) else fan_out(s, cfg)
+
+
 def after_retrieve(s: dict, cfg: SolverConfig) -> str | list[Send]:
     if s.get("duplicate"):
         return DECIDE
-    return EXECUTE if cfg.execute.enabled else fan_out(s, cfg)
+    return EXECUTE if cfg.execute.enabled else before_answer(s, cfg)
 
 
 def settled_by_run(s: dict, cfg: SolverConfig) -> str | None:
@@ -64,7 +74,12 @@ def settled_by_run(s: dict, cfg: SolverConfig) -> str | None:
 
 def after_execute(s: dict, cfg: SolverConfig) -> str | list[Send]:
     """A run that settles the question needs no LLM call."""
-    return DECIDE if settled_by_run(s, cfg) else fan_out(s, cfg)
+    return DECIDE if settled_by_run(s, cfg) else before_answer(s, cfg)
+
+
+def after_settle(s: dict, cfg: SolverConfig) -> str | list[Send]:
+    """The fitted gate was sure: no LLM call."""
+    return DECIDE if s.get("settled") else fan_out(s, cfg)
 
 
 def after_vote(s: dict, cfg: SolverConfig) -> str:

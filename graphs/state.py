@@ -14,6 +14,10 @@ class State(TypedDict, total=False):
     duplicate: dict | None  # {"task_id", "answer"}: an exact solved copy, its letter mapped to ours
     neighbors: list[dict]  # [{"task_id", "score"}], best first
     executed: dict | None  # the run's evidence: {"kind", "status", "consistent", "settled"}
+    found_neighbours: list[tuple[str, float]]  # what the fitted decision's retrieval features read
+    settled: str | None  # the letter the fitted gate settled with no LLM call
+    gated: dict[str, float]  # the gate's probabilities
+    decided_by: str  # duplicate, run, settle, ranker, rules
     votes: Annotated[list[dict], operator.add]  # each voter's {"voter", "probs" | None, "error" | None}
     probs: dict[str, float]  # the vote's combination of the voters' probabilities
     verdicts: Annotated[list[float], operator.add]  # P(TRUE) of each verification

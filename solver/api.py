@@ -77,10 +77,12 @@ class Solver:
             config, note = with_labelled(config, None)
             if note:
                 logging.getLogger("solver").warning(note)
+
         self.config = config
         self.run_config = as_graph(config)  # what the graph runs: the single pass has every other step off
         self.index = index  # the retrieval index; default: the one the config names
         run = self.run_config
+        self.fitted = self._load_fitted() if run.decide.fitted else None  # a bad artifact fails before the engines
         if run.retrieve.enabled and index is None:
             self.index = self._load_index()  # first: a bad index or data fails before the engine starts
         # label -> Backbone, in the config's order: those given (`backbone` for the first), or made
@@ -100,6 +102,11 @@ class Solver:
     def backbone(self) -> Backbone:
         """The first backbone: the single pass's, and the one that verifies and re-answers."""
         return next(iter(self.backbones.values()))
+
+    def _load_fitted(self):
+        from graphs.ranker import Fitted, fitted_path
+
+        return Fitted.load(fitted_path(self.run_config.decide.fitted), self.run_config)
 
     def _load_index(self):
         from index.cached import cached_index
@@ -122,7 +129,7 @@ class Solver:
                 weights = labelled_weights(run, self.backbones, self.priors) | run.vote.weights  # the config's win
             index = self.index if run.retrieve.enabled else None
             self._graph = GraphRunner(run, self.backbones, index, confusion, self.hardware,
-                                      priors=self.priors, weights=weights, extra=self._extra)
+                                      priors=self.priors, weights=weights, extra=self._extra, fitted=self.fitted)
         return self._graph
 
     @_quiet

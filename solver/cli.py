@@ -218,6 +218,47 @@ def graph(
 
 
 @app.command()
+def fit(
+    labelled: Path = typer.Option(..., "--labelled", "-l", help="Your solved questions (CSV, JSONL or parquet, with "
+                                  "answers); fitted on their hash split train."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="The folder to write the fitted decision to."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="The solver YAML config to fit the decision of."),
+    folds: int = typer.Option(5, "--folds", help="Folds for the out-of-fold metrics and gate thresholds."),
+    seed: int = typer.Option(0, "--seed", help="The fit's seed (the same seed, the same artifact)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Fit on only the first N questions of split train."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    verbose: bool = VERBOSE,
+):
+    """Fit the final decision on your solved questions: the config's graph answers their split
+    train (journaled in the cache: resumable), then LightGBM rankers learn from every option's
+    evidence which option is right; `decide: {fitted: DIR}` in a config then decides with it."""
+    with chatter_to_log(verbose), reported():
+        from graphs.fit import fit_decision
+
+        cfg = _configured(config, labelled, held_out_of=labelled)  # retrieval over split train only
+        loaded = load_questions(labelled, labelled=True)
+        questions = in_split(loaded.questions, "train")[:limit]
+        rules = cfg.model_copy(update={"decide": cfg.decide.model_copy(update={"fitted": None})})
+        jpath = cache_path("fit", f"{cfg.name}-{labelled.stem}-train.journal.jsonl")  # a --limit run reuses its answers
+        preds, _, fresh, secs = _solve(rules, labelled, questions, jpath, quiet)
+        with progress_callback("q", "neighbours", disable=quiet) as progress:
+            fitted = fit_decision(cfg, questions, preds, labelled, folds, seed, progress)
+        fitted.save(out_dir)
+        m = fitted.manifest
+        o = m["out_of_fold"]
+        out.print(f"wrote {out_dir} (fitted on {m['questions']['asked']} answered of {len(questions)} questions of "
+                  f"split train{skipped_note(loaded)}); out of fold, per kind: ranker / the vote (rules)", highlight=False)
+        for kind in o["ranker"]:
+            (r, n), (v, _) = o["ranker"][kind], o["vote"][kind]
+            if n:
+                out.print(f"  {kind:>12}: {r / n:.3f} / {v / n:.3f} ({n})", highlight=False)
+        s, n = o["settled"]["all"]
+        out.print(f"settled with no LLM call (out of fold): {n} of {m['questions']['reach']}, {s / n if n else 0:.3f} "
+                  f"right; thresholds {m['thresholds']}", highlight=False)
+        log_note()
+
+
+@app.command()
 def finetune(
     data: Path = typer.Option(..., "--labelled", "-l", help="Your solved questions (CSV, JSONL or parquet, with answers); "
                               "trained on their hash split train, validated on dev."),

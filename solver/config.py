@@ -173,6 +173,23 @@ class VoteConfig(Strict):
     labelled_n: int = 300  # ... at most this many of its questions
 
 
+class DecideConfig(Strict):
+    """The final letter: by the rules (duplicate, trusted run, the vote, verify, re-answer;
+    graphs/routing.py), or, with `fitted`, by a ranker fitted on labelled data (`solver fit`,
+    graphs/ranker.py) over every option's evidence (graphs/features.py)."""
+
+    fitted: str | None = None  # the folder `solver fit --out` wrote; None: the rules decide
+    # Feature groups a fit reads (graphs/features.py: kind, model, execution, retrieval, text,
+    # prior, shape). `text` and `prior` read how the benchmark was built, not code: leave them
+    # out to measure the model and not the benchmark. A fitted ranker must name the same.
+    features: list[Literal["kind", "model", "execution", "retrieval", "text", "prior", "shape"]] = [
+        "kind", "model", "execution", "retrieval", "text", "prior", "shape"]
+    k: int = Field(8, ge=0)  # solved neighbours (any similarity, copies included) the retrieval features read
+    # Settle without the LLM: the LLM-free fit's top option, when its probability reaches the
+    # threshold the fit chose for that kind of question (out-of-fold precision >= 0.98).
+    settle: bool = True
+
+
 class SolverConfig(Strict):
     name: str = "baseline"
     # The voters' backbones; the first also verifies and re-answers. `backbone: {...}` is
@@ -185,6 +202,7 @@ class SolverConfig(Strict):
     reanswer: ReanswerConfig = ReanswerConfig()
     vote: VoteConfig = VoteConfig()
     execute: ExecuteConfig = ExecuteConfig()
+    decide: DecideConfig = DecideConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -206,6 +224,9 @@ class SolverConfig(Strict):
             raise ValueError("several backbones or answer.orders > 1 vote, which needs graph.enabled")
         if self.answer.orders < 1:
             raise ValueError("answer.orders must be at least 1")
+        if self.decide.fitted and not (self.graph.enabled and self.retrieve.enabled):
+            raise ValueError("decide.fitted reads the labelled questions retrieve indexes: it needs graph.enabled and "
+                             "retrieve.enabled")
         if self.answer.shots and not (self.graph.enabled and self.retrieve.enabled):
             raise ValueError("answer.shots takes its examples from retrieve, which needs graph.enabled and retrieve.enabled")
         return self
@@ -285,6 +306,8 @@ def with_labelled(cfg: SolverConfig, labelled: str | Path | None, held_out: bool
     if not (cfg.graph.enabled and r.enabled) or r.data or r.index:
         return cfg.model_copy(update={"retrieve": r}), None
     off = cfg.model_copy(update={"retrieve": r.model_copy(update={"enabled": False}),
-                                 "answer": cfg.answer.model_copy(update={"shots": 0})})
+                                 "answer": cfg.answer.model_copy(update={"shots": 0}),
+                                 "decide": cfg.decide.model_copy(update={"fitted": None})})
+    fitted = ", and the rules decide, not its fitted decision (which reads them)" if cfg.decide.fitted else ""
     return off, (f"config '{cfg.name}' retrieves solved questions, but no labelled file was named (--labelled FILE): "
-                 "answering without retrieval and without the solved-copy shortcut")
+                 f"answering without retrieval and without the solved-copy shortcut{fitted}")

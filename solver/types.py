@@ -70,6 +70,17 @@ class Cost(BaseModel):
     run_seconds: float = 0.0
 
 
+class Found(BaseModel):
+    """What the graph found for a question before it decided: the evidence a fitted decision
+    reads (graphs/features.py), kept on the Prediction so a fit reads it from the journal."""
+
+    pooled: dict[str, float] = Field(default_factory=dict)  # the vote's combination, before any option is ruled out
+    duplicate: str | None = None  # an exact solved copy's answer, as this question's letter
+    executed: dict | None = None  # the sandboxed run's evidence: kind, status, consistent, settled
+    neighbours: list[tuple[str, float]] = Field(default_factory=list)  # solved (task_id, cosine), best first
+    decided_by: str = "rules"  # duplicate, run, settle (the LLM-free fit), ranker, rules
+
+
 class Prediction(BaseModel):
     """What the solver says about one question.
 
@@ -86,6 +97,7 @@ class Prediction(BaseModel):
     failed: dict[str, str] = Field(default_factory=dict)  # voter -> why its backbone failed
     cut: bool = False  # the question's text was cut to fit a backbone's context
     cost: Cost = Field(default_factory=Cost)
+    found: Found = Field(default_factory=Found)
     trace: list[dict] = Field(default_factory=list)
     error: str | None = None
 

@@ -1,0 +1,127 @@
+"""The fitted decision on real labelled questions (train.csv's split train), without an LLM:
+the votes are fixed numbers, the rest of the evidence (kind, text, priors, shape, runs) is
+computed from the questions as the graph computes it. What is tested: no label of a
+question reaches its own row; the fit learns what the labelled data decides; the same fit
+twice is the same artifact; a bad or mismatched artifact is one line."""
+
+import json
+
+import numpy as np
+import pytest
+
+from execution.recognise import kind_of
+from graphs.features import Evidence, matrix
+from graphs.priors import out_of_fold
+from graphs.ranker import FitError, Fitted, Table, feature_names, gate_thresholds
+from solver.config import SolverConfig, load_config
+from solver.data import in_split, load_questions
+from tests.conftest import ROOT
+
+N = 400  # questions of split train: a fit in about a second, folds of 80
+
+
+@pytest.fixture(scope="module")
+def train(shared):
+    return in_split(load_questions(shared / "train.csv", labelled=True).questions, "train")[::5][:N]  # every kind
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(ROOT / "configs" / "graph.yaml")
+
+
+def evidence(questions, cfg, priors):
+    """Uniform votes for every voter: the model says nothing, so what is learnt is the rest."""
+    voters = [name.removeprefix("logp@") for name in feature_names(cfg) if name.startswith("logp@")]
+    return [Evidence(q, kind_of(q), priors=priors(q), votes={v: dict.fromkeys(q.letters, 1 / len(q.letters))
+                                                            for v in voters},
+                     pooled=dict.fromkeys(q.letters, 1 / len(q.letters))) for q in questions]
+
+
+def test_no_label_reaches_its_own_row(train, cfg):
+    """Flip one question's label: its own features stay as they were; another question's
+    priors may move (that label is evidence for them)."""
+    names = feature_names(cfg)
+    before = out_of_fold(train, 5, 1, kind_of=kind_of)
+    q = next(x for x in train if kind_of(x) == "behaviour")
+    wrong = next(L for L in q.letters if L != q.answer)
+    flipped = [x.model_copy(update={"answer": wrong}) if x.task_id == q.task_id else x for x in train]
+    after = out_of_fold(flipped, 5, 1, kind_of=kind_of)
+    own = [matrix(evidence([x], cfg, p)[0], names) for x, p in ((q, before), (flipped[train.index(q)], after))]
+    assert np.array_equal(*own)
+    others = [x for x in train if x.task_id != q.task_id and set(x.choices) & set(q.choices)]
+    moved = [x for x in others if not np.array_equal(matrix(evidence([x], cfg, before)[0], names),
+                                                     matrix(evidence([x], cfg, after)[0], names))]
+    assert moved  # the flipped label is evidence for the questions that offer its option texts
+
+
+@pytest.fixture(scope="module")
+def fitted(train, cfg):
+    evs = evidence(train, cfg, out_of_fold(train, 5, 1, kind_of=kind_of))
+    return Fitted.fit(cfg, evs, evs, folds=5, seed=0, rounds=100)
+
+
+def test_the_fit_learns_what_the_labelled_data_decides(fitted):
+    """Completion questions: the right option repeats the line after the blank (split
+    train's regularity); the votes are uniform, so the vote is at chance and the fit is not."""
+    o = fitted.manifest["out_of_fold"]
+    right, n = o["ranker"]["completion"]
+    assert n >= 30 and right / n > 0.8 > o["vote"]["completion"][0] / n
+    settled, s = o["settled"]["all"]
+    assert s == 0 or settled / s >= 0.95  # the gate settles only where it was out-of-fold precise
+
+
+def test_the_same_fit_twice_is_the_same_artifact(fitted, train, cfg, tmp_path):
+    again = Fitted.fit(cfg, *(2 * [evidence(train, cfg, out_of_fold(train, 5, 1, kind_of=kind_of))]), folds=5, seed=0,
+                       rounds=100)
+    a, b = fitted.save(tmp_path / "a"), again.save(tmp_path / "b")
+    for f in ("ranker.txt", "gate.txt", "manifest.json"):
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    loaded = Fitted.load(a, cfg)
+    ev = evidence(train[:5], cfg, out_of_fold(train, 5, 1, kind_of=kind_of))
+    assert [loaded.score(e)[0] for e in ev] == [fitted.score(e)[0] for e in ev]
+
+
+def test_a_bad_or_mismatched_artifact_is_one_line(fitted, cfg, tmp_path):
+    folder = fitted.save(tmp_path / "fit")
+    with pytest.raises(FitError, match="fitted for config 'graph'"):
+        Fitted.load(folder, cfg.model_copy(update={"execute": cfg.execute.model_copy(update={"timeout_s": 9})}))
+    with pytest.raises(FitError, match=r"voters \['smollm2-135m-instruct@0'\], but .* voters \['smollm2-135m-instruct@0', "):
+        Fitted.load(folder, cfg.model_copy(update={"answer": cfg.answer.model_copy(update={"orders": 2})}))
+    no_text = cfg.model_copy(update={"decide": cfg.decide.model_copy(update={"features": ["kind", "model"]})})
+    with pytest.raises(FitError, match=r"but config 'graph' has groups \['kind', 'model'\]"):
+        Fitted.load(folder, no_text)
+    (folder / "gate.txt").write_text("tree\n")
+    with pytest.raises(FitError, match="do not match manifest.json"):
+        Fitted.load(folder, cfg)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text("{")
+    with pytest.raises(FitError, match="not a fitted decision"):
+        Fitted.load(folder, cfg)
+    with pytest.raises(FitError, match="not a fitted decision"):
+        Fitted.load(tmp_path / "nowhere", cfg)
+    assert manifest["questions"] == {"reach": N, "asked": N}
+
+
+def test_too_few_questions_for_the_folds(train, cfg):
+    evs = evidence(train[:7], cfg, out_of_fold(train[:7], 5, 1, kind_of=kind_of))
+    with pytest.raises(FitError, match="too few for 5 folds"):
+        Fitted.fit(cfg, evs, evs, folds=5)
+
+
+def test_gate_thresholds_keep_the_precision():
+    """Out-of-fold top probabilities of 30 behaviour questions: the 25 surest right, then
+    wrong ones: the threshold lets in the 25 (precision 1.0 >= 0.98), none of the rest."""
+    from solver.types import Question
+
+    qs = [Question(task_id=f"b{i}", question="Which behavior most likely occurs?", choices=["x", "y"],
+                   answer="A" if i < 25 else "B") for i in range(30)]
+    t = Table([Evidence(q, "behaviour") for q in qs], [])
+    probs = [np.array([0.99 - i / 100, 0.01 + i / 100]) for i in range(30)]
+    assert gate_thresholds(probs, t) == {"behaviour": pytest.approx(0.99 - 24 / 100)}
+    assert gate_thresholds(probs[20:], Table(t.ev[20:], [])) == {}  # too few to settle on
+
+
+def test_a_config_that_decides_by_fit_needs_retrieval():
+    with pytest.raises(ValueError, match="decide.fitted reads the labelled questions"):
+        SolverConfig.model_validate({"graph": {"enabled": True}, "decide": {"fitted": "x"}})
