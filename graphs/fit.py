@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from execution.recognise import kind_of
-from graphs.features import evidence_of
+from graphs.features import Evidence, evidence_of
 from graphs.nodes import neighbours_for
 from graphs.priors import out_of_fold
 from graphs.ranker import Fitted, FitError
@@ -24,6 +24,13 @@ def fit_decision(cfg: SolverConfig, questions: list[Question], preds: dict[str, 
                  folds: int = 5, seed: int = 0, progress: Progress | None = None) -> Fitted:
     """The fitted decision for `cfg` from its graph's predictions on labelled `questions`
     (split train of `labelled`, which its index holds)."""
+    reach, asked = collect(cfg, questions, preds, labelled, folds, seed, progress)
+    return Fitted.fit(cfg, reach, asked, folds, seed)
+
+
+def collect(cfg: SolverConfig, questions: list[Question], preds: dict[str, Prediction], labelled: Path,
+            folds: int = 5, seed: int = 0, progress: Progress | None = None) -> tuple[list[Evidence], list[Evidence]]:
+    """(the Evidence of the questions that reach the gate, of those the LLM answered)."""
     from index.cached import cached_index
 
     if not (cfg.graph.enabled and cfg.retrieve.enabled):
@@ -42,4 +49,4 @@ def fit_decision(cfg: SolverConfig, questions: list[Question], preds: dict[str, 
         reach.append(ev)
         if p.votes:
             asked.append(ev)
-    return Fitted.fit(cfg, reach, asked, folds, seed)
+    return reach, asked

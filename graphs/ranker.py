@@ -237,6 +237,15 @@ class Fitted:
         return ({L: float(p) for L, p in zip(ev.question.letters, probs)},
                 [(n, round(float(c), 4)) for n, c in moved])
 
+    def decide(self, ev: Evidence, settle: bool = True) -> tuple[str, dict[str, float], list]:
+        """(settle or ranker, the probabilities, what moved them): the gate's where it is sure,
+        else the ranker's; what the graph's settle and decide steps do, for one question at once."""
+        if settle:
+            letter, probs, moved = self.settles(ev)
+            if letter:
+                return "settle", probs, moved
+        return ("ranker", *self.score(ev))
+
     def settles(self, ev: Evidence) -> tuple[str | None, dict[str, float], list]:
         """The gate's letter when it is sure enough for this kind of question, else None."""
         probs, moved = self.score(ev, gate=True)

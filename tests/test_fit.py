@@ -125,3 +125,39 @@ def test_gate_thresholds_keep_the_precision():
 def test_a_config_that_decides_by_fit_needs_retrieval():
     with pytest.raises(ValueError, match="decide.fitted reads the labelled questions"):
         SolverConfig.model_validate({"graph": {"enabled": True}, "decide": {"fitted": "x"}})
+
+
+def test_the_graph_decides_with_a_fitted_decision(train, cfg, shared, tokenizer, tmp_path):
+    """The graph with `decide.fitted`: a real index of solved questions (MiniLM, FAISS), a
+    scripted backbone that always says "A" (tests/conftest.py: Scripted). Every question is
+    decided by the duplicate, the run, the gate (then with no LLM call) or the ranker (with
+    the features that moved it in the trace); the same input twice gives the same letters."""
+    from index.store import Index
+    from solver.api import Solver
+    from tests.conftest import Scripted
+
+    run = cfg.model_copy(update={"execute": cfg.execute.model_copy(update={"enabled": False}),
+                                 "decide": cfg.decide.model_copy(update={"fitted": str(tmp_path / "fit")})})
+    evs = evidence(train, run, out_of_fold(train, 5, 1, kind_of=kind_of))
+    Fitted.fit(run, evs, evs, folds=5, seed=0, rounds=100).save(tmp_path / "fit")
+    index = Index.build(train[:160])  # 160 solved questions: embedding them is most of the test
+    asks = in_split(load_questions(shared / "train.csv", labelled=True).questions, "dev")[::10][:16]
+
+    def says_a(prompt, options, key):
+        return {k: 0.7 if k == "A" else 0.3 / (len(options) - 1) for k in options}
+
+    label = run.backbone.label
+    first, second = ([Solver(run, backbones={label: (bb := Scripted(label, says_a, tokenizer))}, index=index)
+                      .solve_batch(asks), bb] for _ in range(2))
+    preds, bb = first
+    assert [p.letter for p in preds] == [p.letter for p in second[0]]
+    by = {p.found.decided_by for p in preds}
+    assert by <= {"duplicate", "settle", "ranker"} and "ranker" in by, by
+    asked = {key for call in bb.calls for _, _, key in call}
+    for q, p in zip(asks, preds):
+        assert p.letter in q.letters and len(p.found.neighbours) == run.decide.k
+        if p.found.decided_by == "settle":
+            assert q.task_id not in asked and p.cost.calls == 0
+        if p.found.decided_by == "ranker":
+            step = next(t for t in p.trace if t["step"] == "decide")
+            assert len(step["moved_by"]) == 3 and sum(p.probabilities.values()) == pytest.approx(1)
