@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
-from report import ROOT, Timer, bench_file, labelled
+from report import ROOT, Timer, bench_file, interval_text, labelled
 
 from execution.recognise import KINDS, kind_of
 from graphs.features import FEATURES, Evidence, matrix, names_in
@@ -138,11 +137,7 @@ def accuracy(t: Table, picks) -> dict:
 
 
 def pct(hit_n) -> str:
-    hit, n = hit_n
-    if not n:
-        return "-"
-    p = hit / n
-    return f"{100 * p:.1f} ±{196 * math.sqrt(p * (1 - p) / n):.1f}" if n >= 30 else f"{100 * p:.0f} (n={n})"
+    return interval_text(*hit_n, percent=True)
 
 
 def evidence(questions, nbs, by_id, priors_of) -> list[Evidence]:

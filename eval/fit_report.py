@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
-from report import ROOT, Timer, bench_file, labelled
+from report import ROOT, Timer, bench_file, interval_text, labelled
 
 from execution.recognise import KINDS, kind_of
 from graphs.features import evidence_of
@@ -86,11 +85,7 @@ def table(questions, letters: dict) -> dict:
 
 
 def pct(hit_n) -> str:
-    hit, n = hit_n
-    if not n:
-        return "-"
-    p = hit / n
-    return f"{p:.3f} ±{1.96 * math.sqrt(p * (1 - p) / n):.3f}" if n >= 30 else f"{hit}/{n}"
+    return interval_text(*hit_n)
 
 
 def main() -> None:

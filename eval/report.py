@@ -146,3 +146,16 @@ def chart(table, path, title):
         ax.set_xlabel("accuracy (95% interval)")
 
     figure(path, draw, (8, 0.5 * len(table) + 1.2), title)
+
+
+def interval_text(hit: int, n: int, percent: bool = False) -> str:
+    """An accuracy with its 95% half-width (normal approximation), or right/n below 30 questions."""
+    import math
+
+    if not n:
+        return "-"
+    p, scale = hit / n, 100 if percent else 1
+    if n < 30:
+        return f"{100 * p:.0f} (n={n})" if percent else f"{hit}/{n}"
+    half = 1.96 * math.sqrt(p * (1 - p) / n)
+    return f"{scale * p:.1f} ±{scale * half:.1f}" if percent else f"{p:.3f} ±{half:.3f}"
