@@ -26,11 +26,11 @@ import numpy as np
 from report import ROOT, Timer, bench_file, interval_text, labelled
 
 from execution.recognise import KINDS, kind_of
-from graphs.features import evidence_of
+from graphs.features import Evidence, evidence_of
 from graphs.fit import collect
 from graphs.nodes import neighbours_for
 from graphs.priors import OptionPriors, fold_of
-from graphs.ranker import Fitted
+from graphs.ranker import Fitted, per_kind
 from index.cached import cached_index
 from solver.cache import cache_path
 from solver.config import load_config, with_labelled
@@ -76,12 +76,7 @@ def apply(fitted: Fitted, cfg, questions, preds, index, priors) -> dict[str, tup
 
 
 def table(questions, letters: dict) -> dict:
-    out = {k: [0, 0] for k in ("all", *KINDS)}
-    for q in questions:
-        for k in ("all", kind_of(q)):
-            out[k][0] += letters[q.task_id] == q.answer
-            out[k][1] += 1
-    return out
+    return per_kind([Evidence(q, kind_of(q)) for q in questions], [letters[q.task_id] for q in questions])
 
 
 def pct(hit_n) -> str:

@@ -10,12 +10,12 @@ from langgraph.graph import END, START, StateGraph
 from execution import sandbox
 from graphs import routing as R
 from graphs.batcher import StepBatcher
-from graphs.nodes import ballots, make_nodes, neighbours_for
+from graphs.nodes import ballots, found_in, make_nodes, neighbours_for
 from graphs.state import State
 from graphs.vote import weighted
 from solver.backbone import run_coroutine
 from solver.config import SolverConfig
-from solver.types import Cost, Found, Prediction, Question
+from solver.types import Cost, Prediction, Question
 
 
 def enabled_nodes(cfg: SolverConfig) -> list[str]:
@@ -139,9 +139,6 @@ class GraphRunner:
         cost = Cost(calls=s.get("calls", 0) + extra.get("calls", 0), tokens=s.get("tokens", 0) + extra.get("tokens", 0),
                     runs=s.get("runs", 0), run_seconds=round(s.get("run_seconds", 0.0), 3))
         votes, failed, cut = ballots(s.get("votes") or [])
-        found = Found(pooled=s.get("probs") or {}, duplicate=(s.get("duplicate") or {}).get("answer"),
-                      executed=s.get("executed"), neighbours=s.get("found_neighbours") or [],
-                      decided_by=s.get("decided_by") or "rules")
         return Prediction(task_id=q.task_id, letter=s.get("letter"), probabilities=s.get("final") or {},
-                          votes=votes, failed=failed, cut=cut, cost=cost, error=s.get("error"), found=found,
+                          votes=votes, failed=failed, cut=cut, cost=cost, error=s.get("error"), found=found_in(s),
                           trace=s["trace"] + [{"step": "cost"} | cost.model_dump() | self.hardware])

@@ -21,6 +21,7 @@ from execution.recognise import KINDS, code_of, kind_of
 from graphs.priors import OptionPriors
 from index.embed import normalise, normalise_option
 from solver.prompts import question_text
+from solver.config import DecideConfig
 from solver.types import LETTERS, Found, Question
 
 
@@ -87,7 +88,7 @@ def names_in(groups: list[str]) -> list[str]:
     return [f.name for f in FEATURES.values() if f.group in groups]
 
 
-GROUPS = ("kind", "model", "execution", "retrieval", "text", "prior", "shape")
+GROUPS = tuple(DecideConfig().features)  # every group, as the config names them (its default: all of them)
 LLM_GROUPS = ("model",)  # the only groups that need an LLM call
 
 

@@ -41,6 +41,14 @@ def neighbours_for(index, questions: list[Question], k: int, progress=None) -> l
             for r in index.query(questions, k=k, min_score=0.0, exclude_same_text=False, progress=progress)]
 
 
+def found_in(s: dict) -> Found:
+    """What the graph found for the question in state `s`: what a fitted decision reads now,
+    and what its Prediction keeps for `solver fit`."""
+    return Found(pooled=s.get("probs") or {}, duplicate=(s.get("duplicate") or {}).get("answer"),
+                 executed=s.get("executed"), neighbours=s.get("found_neighbours") or [],
+                 decided_by=s.get("decided_by") or "rules")
+
+
 def ballots(votes: list[dict]) -> tuple[dict[str, dict[str, float]], dict[str, str], bool]:
     """The answer steps' votes as (voter -> probabilities read, voter -> why its backbone
     failed, whether a prompt was cut): what the vote combines and a Prediction reports."""
@@ -68,9 +76,7 @@ def make_nodes(cfg, backbones: dict, batcher, index=None, priors: dict | None = 
 
     def evidence_now(s, votes=None):
         """The question's Evidence as the graph holds it now (the votes once answered)."""
-        found = Found(pooled=s.get("probs") or {}, duplicate=(s.get("duplicate") or {}).get("answer"),
-                      executed=s.get("executed"), neighbours=s.get("found_neighbours") or [])
-        return evidence_of(s["question"], found, votes or {}, index.get, option_priors)
+        return evidence_of(s["question"], found_in(s), votes or {}, index.get, option_priors)
 
     def unbiased(label: str, r: dict[str, float] | None) -> tuple[dict[str, float] | None, list[float] | None]:
         """A reply over the view's letters (= positions) without the backbone's position prior."""

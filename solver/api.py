@@ -77,7 +77,6 @@ class Solver:
             config, note = with_labelled(config, None)
             if note:
                 logging.getLogger("solver").warning(note)
-
         self.config = config
         self.run_config = as_graph(config)  # what the graph runs: the single pass has every other step off
         self.index = index  # the retrieval index; default: the one the config names
