@@ -20,6 +20,13 @@ from solver.config import SolverConfig
 from solver.types import Prediction, Progress, Question
 
 
+def fittable(cfg: SolverConfig) -> None:
+    """A fitted decision reads the labelled questions through retrieve: one line if `cfg` has none."""
+    if not (cfg.graph.enabled and cfg.retrieve.enabled):
+        raise FitError(f"config '{cfg.name}': a fitted decision reads the labelled questions through retrieve; "
+                       "set graph.enabled and retrieve.enabled")
+
+
 def fit_decision(cfg: SolverConfig, questions: list[Question], preds: dict[str, Prediction], labelled: Path,
                  folds: int = 5, seed: int = 0, progress: Progress | None = None) -> Fitted:
     """The fitted decision for `cfg` from its graph's predictions on labelled `questions`
@@ -33,9 +40,7 @@ def collect(cfg: SolverConfig, questions: list[Question], preds: dict[str, Predi
     """(the Evidence of the questions that reach the gate, of those the LLM answered)."""
     from index.cached import cached_index
 
-    if not (cfg.graph.enabled and cfg.retrieve.enabled):
-        raise FitError(f"config '{cfg.name}': a fitted decision reads the labelled questions through retrieve; "
-                       "set graph.enabled and retrieve.enabled")
+    fittable(cfg)
     index = cached_index(str(labelled), "train")
     neighbours = dict(zip([q.task_id for q in questions], neighbours_for(index, questions, cfg.decide.k, progress)))
     priors = out_of_fold(questions, folds, seed + 1, kind_of=kind_of)  # other folds than the fit's own

@@ -233,9 +233,10 @@ def fit(
     train (journaled in the cache: resumable), then LightGBM rankers learn from every option's
     evidence which option is right; `decide: {fitted: DIR}` in a config then decides with it."""
     with chatter_to_log(verbose), reported():
-        from graphs.fit import fit_decision
+        from graphs.fit import fit_decision, fittable
 
         cfg = _configured(config, labelled, held_out_of=labelled)  # retrieval over split train only
+        fittable(cfg)  # before the graph answers anything
         loaded = load_questions(labelled, labelled=True)
         questions = in_split(loaded.questions, "train")[:limit]
         rules = cfg.model_copy(update={"decide": cfg.decide.model_copy(update={"fitted": None})})

@@ -161,3 +161,21 @@ def test_the_graph_decides_with_a_fitted_decision(train, cfg, shared, tokenizer,
         if p.found.decided_by == "ranker":
             step = next(t for t in p.trace if t["step"] == "decide")
             assert len(step["moved_by"]) == 3 and sum(p.probabilities.values()) == pytest.approx(1)
+
+
+def test_solver_fit_refuses_bad_input_in_one_line_before_answering(tmp_path, shared):
+    """A labelled file that is not there, a config that retrieves nothing: one line, exit 2,
+    no engine started and nothing written."""
+    from typer.testing import CliRunner
+
+    from solver.cli import app
+
+    out = tmp_path / "fit"
+    r = CliRunner().invoke(app, ["fit", "--labelled", str(tmp_path / "none.csv"), "--out", str(out)])
+    assert r.exit_code == 2 and r.stderr.strip().splitlines() == [f"error: --labelled {tmp_path / 'none.csv'}: no such file"]
+    r = CliRunner().invoke(app, ["fit", "--labelled", str(shared / "train.csv"), "--out", str(out),
+                                 "--config", str(ROOT / "configs" / "baseline.yaml")])
+    assert r.exit_code == 2 and r.stderr.strip().splitlines() == [
+        "error: config 'baseline': a fitted decision reads the labelled questions through retrieve; "
+        "set graph.enabled and retrieve.enabled"], r.output
+    assert not out.exists()
