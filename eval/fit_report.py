@@ -5,8 +5,8 @@ Usage: python eval/fit_report.py --config configs/graph.yaml --name graph
 
 Reads three runs of the config with the rules deciding, each journaled: split train (what
 `solver fit --config C --labelled TRAIN` answered; its journal under the cache's fit/),
-and split dev and test (`solver eval --split dev|test --labelled TRAIN --config C --json
-RUNS/NAME-rules-SPLIT.json`). Fits on split train only (graphs/fit.py: the same evidence and
+and split dev and test (`solver eval --data TRAIN --split dev|test --labelled TRAIN --config C
+--json RUNS/NAME-rules-SPLIT.json`); a run with --limit counts the questions it answered. Fits on split train only (graphs/fit.py: the same evidence and
 fits as `solver fit`) and applies each fit to the dev and test answers as the graph's settle
 and decide steps do (Fitted.decide): the LLM's answers are the journaled ones, so every row
 reads the same votes. Rows: the rules; the fit with every feature group; without `text`
@@ -99,6 +99,8 @@ def main() -> None:
                                 cfg)}
     for s in ("dev", "test"):
         preds[s] = journaled(Path(args.runs) / f"{args.name}-rules-{s}.json.journal.jsonl", args.data, cfg)
+    # a run with --limit (solver fit --limit N, eval --limit N) answered the first questions of its split
+    questions = {s: [q for q in qs if q.task_id in preds[s]] for s, qs in questions.items()}
     index = cached_index(args.data, "train")
     priors = OptionPriors.build(index.records, kind_of=kind_of)  # a new question's: all of split train
     results, letters, fits = {}, {s: {} for s in ("dev", "test")}, {}
@@ -127,7 +129,7 @@ def main() -> None:
     curve = []
     reach, asked = collect(cfg, questions["train"], preds["train"], Path(args.data), args.folds)
     order = sorted(range(len(reach)), key=lambda i: fold_of(reach[i].question.task_id, 10**6, 7))
-    for n in [250, 500, 1000, len(reach)]:
+    for n in sorted({n for n in (250, 500, 1000) if n < len(reach)} | {len(reach)}):
         keep = {reach[i].question.task_id for i in order[:n]}
         with Timer() as t:
             fitted = Fitted.fit(cfg, [e for e in reach if e.question.task_id in keep],
@@ -151,8 +153,8 @@ def write(out: Path, args, cfg, results, fits, curve, letters, questions) -> Non
     kinds = ["all", *KINDS]
     md = [f"# The fitted decision for {args.config} (eval/fit_report.py)", "",
           f"Fitted on split train of {Path(args.data).name} ({len(questions['train'])} questions), applied to the "
-          f"journaled answers of split dev and test. Machine: {machine()}. Accuracy ±95% half-width "
-          "(n<30: right/n).", ""]
+          f"journaled answers of split dev ({len(questions['dev'])}) and test ({len(questions['test'])}). Machine: "
+          f"{machine()}. Accuracy ±95% half-width (n<30: right/n).", ""]
     for s in ("dev", "test"):
         n = {k: results["rules (no fit)"][s][k][1] for k in kinds}
         md += [f"## split {s}", "", "| decision | " + " | ".join(f"{k} ({n[k]})" for k in kinds) +
