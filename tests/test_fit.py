@@ -163,6 +163,41 @@ def test_the_graph_decides_with_a_fitted_decision(train, cfg, shared, tokenizer,
             assert len(step["moved_by"]) == 3 and sum(p.probabilities.values()) == pytest.approx(1)
 
 
+@pytest.mark.slow  # reads the session's real engine
+def test_the_fitted_decision_on_the_real_engine_gives_the_same_csv_whole_and_resumed(train, shared, engine_solver,
+                                                                                       tmp_path):
+    """The graph with a fitted decision on the real engine (SmolLM2, its log-probabilities as
+    the votes): the same questions answered whole, and again as a killed and resumed run
+    answers them (a batch, then the rest in another solver, as `solver run` resumes from its
+    journal), give the same CSV byte for byte; some questions were decided by the ranker."""
+    from index.store import Index
+    from solver.api import Solver
+    from solver.journal import submission_csv
+    from tests.conftest import SMALL
+
+    run = SolverConfig.model_validate({"backbone": SMALL, "graph": {"enabled": True},
+                                       "retrieve": {"enabled": True, "duplicates": True},
+                                       "decide": {"fitted": str(tmp_path / "fit")}})
+    evs = evidence(train, run, out_of_fold(train, 5, 1, kind_of=kind_of))
+    Fitted.fit(run, evs, evs, folds=5, seed=0, rounds=100).save(tmp_path / "fit")
+    index = Index.build(train[:160])
+    asks = in_split(load_questions(shared / "train.csv", labelled=True).questions, "dev")[1::10][:12]
+
+    def solve(*runs):
+        """Each run: a new solver (the resumed run is a new process) answering its batches of 4 in order."""
+        preds = {}
+        for batches in runs:
+            solver = Solver(run, backbone=engine_solver.backbone, index=index)
+            for b in batches:
+                preds |= {p.task_id: p for p in solver.solve_batch(b)}
+        return preds
+
+    batches = [asks[i:i + 4] for i in range(0, len(asks), 4)]
+    whole, resumed = solve(batches), solve(batches[:1], batches[1:])
+    assert submission_csv(asks, resumed) == submission_csv(asks, whole)
+    assert "ranker" in {p.found.decided_by for p in whole.values()}
+
+
 def test_solver_fit_refuses_bad_input_in_one_line_before_answering(tmp_path, shared):
     """A labelled file that is not there, a config that retrieves nothing: one line, exit 2,
     no engine started and nothing written."""
