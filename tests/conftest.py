@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -110,18 +111,51 @@ def engine_solver():
     solver.close()
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    """A real vLLM server on 127.0.0.1 serving the embedded model, batch-invariant (one
-    prompt per step, no prefix cache); yields its base_url."""
-    from solver.config import BackboneConfig
-    from solver.server import start_server, stop_server
+# Two batch-invariant servers of the embedded model, as `solver serve` starts them for a vote
+# of two labels; each also answers to the model's own name, so together they are replicas.
+PAIR = {"backbones": [SMALL | {"kind": "server", "served_name": n, "batch_invariant": True, "kv_cache_gb": 0.5}
+                      for n in ("alpha", "beta")],
+        "answer": {"orders": 2, "batch_size": 2}, "graph": {"enabled": True}, "vote": {"rule": "weighted"}}
 
-    log = (tmp_path_factory.mktemp("server") / "vllm.log").open("w")
-    proc, url = start_server(BackboneConfig(**SMALL, batch_invariant=True), log=log)
-    yield url
-    stop_server(proc)
-    log.close()
+
+def serve_pair(cfg: Path, env: dict) -> tuple[subprocess.Popen, dict]:
+    """`solver serve` of `cfg` in the background; returns it and its registry once both servers are up."""
+    proc = subprocess.Popen([sys.executable, "-m", "solver.cli", "serve", "-c", str(cfg)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    reg = [Path(env["CODEMCQ_CACHE"]) / "serve" / f"{n}.json" for n in ("alpha", "beta")]
+    while not all(r.exists() for r in reg):  # serve gives up on a server by itself (its start timeout)
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.5)
+    return proc, {n: json.loads(r.read_text()) for n, r in zip(("alpha", "beta"), reg)}
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """The one pair of loopback servers of the session, started once for the server, replica
+    and vote tests (`solver serve` of PAIR, in the session's cache): yields (serve's process,
+    PAIR's file, the registry). The vote test kills them, so it runs after every other user
+    (pytest_collection_modifyitems)."""
+    from solver.server import stop_server
+
+    cfg = tmp_path_factory.mktemp("pair") / "pair.yaml"
+    cfg.write_text(json.dumps(PAIR))
+    proc, reg = serve_pair(cfg, dict(os.environ))
+    yield proc, cfg, reg
+    if proc.poll() is None:
+        stop_server(proc)
+
+
+@pytest.fixture(scope="session")
+def server(served) -> str:
+    """A real batch-invariant vLLM server on 127.0.0.1 serving the embedded model: its base_url."""
+    return served[2]["alpha"]["base_url"]
+
+
+def pytest_collection_modifyitems(items):
+    """The tests of the session's pair of servers run last, so the pair holds its memory only
+    then, and the one that kills them (marked `kills_served`) after the others."""
+    items.sort(key=lambda item: ("served" in getattr(item, "fixturenames", ()),
+                                 item.get_closest_marker("kills_served") is not None))
 
 
 @pytest.fixture

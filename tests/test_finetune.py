@@ -314,18 +314,19 @@ from solver.api import Solver
 from solver.config import SolverConfig
 from solver.data import load_questions
 solver = Solver(SolverConfig.model_validate({"backbone": json.loads(sys.argv[1])}))
-qs = load_questions(sys.argv[2], labelled=True).questions[:12]
+qs = load_questions(sys.argv[2], labelled=True).questions[:int(sys.argv[3])]
 print(json.dumps([p.probabilities for p in solver.solve_batch(qs)]))
 solver.close()
 """
 
 
-def test_vllm_answers_with_a_top_layers_adapter_in_process_through_a_server_and_merged(trained, questions, engine_solver):
-    """An adapter on the top 4 layers only (vLLM applies no LoRA where it has none): the
-    in-process engine with `lora`, a server with base + adapter and a server of the base
-    with the adapter merged in (`merge_lora`) give the same answers, and not the base's.
-    Real vLLM servers, and the in-process engine in its own process: a second in-process
-    engine here, once closed, would tear down the parallel state the session's engine shares."""
+def test_vllm_answers_with_a_top_layers_adapter_through_a_server_and_merged_in_process(trained, questions, engine_solver):
+    """An adapter on the top 4 layers only (vLLM applies no LoRA where it has none): a server
+    with base + adapter (vLLM's LoRA path) and the in-process engine of the base with the
+    adapter merged in (`merge_lora`: what every shipped finetuned config runs) give the same
+    answers, and not the base's. A real vLLM server, and the in-process engine in its own
+    process: a second in-process engine here, once closed, would tear down the parallel state
+    the session's engine shares."""
     import subprocess
     import sys
 
@@ -338,37 +339,33 @@ def test_vllm_answers_with_a_top_layers_adapter_in_process_through_a_server_and_
     from solver.server import start_server, stop_server
     from tests.conftest import SMALL
 
-    qs = questions[:12]
-    probs = {"base": engine_solver.solve_batch(qs)}
-    merged = {"lora": str(trained / "adapter"), "merge_lora": True}  # what configs/finetuned.yaml does on a CPU
-    for name, bb in {"merged": merged, "adapter": {"lora": str(trained / "adapter")}}.items():
-        proc, url = start_server(BackboneConfig(**SMALL | bb))
-        solver = None
-        try:
-            solver = Solver(SolverConfig.model_validate({"backbone": SMALL | bb | {"kind": "server", "base_url": url}}))
-            probs[name] = solver.solve_batch(qs)
-        finally:
-            if solver is not None:
-                solver.close()
-            stop_server(proc)
-    lora = SMALL | {"lora": str(trained / "adapter")}
-    run = subprocess.run([sys.executable, "-c", IN_PROCESS, json.dumps(lora), str(SAMPLE)], capture_output=True,
-                         text=True, check=True, cwd=SAMPLE.parents[2])
-    engine = json.loads(run.stdout.strip().splitlines()[-1])
+    qs = questions[:8]
+    probs = {"base": [p.probabilities for p in engine_solver.solve_batch(qs)]}
+    adapter = {"lora": str(trained / "adapter")}
+    proc, url = start_server(BackboneConfig(**SMALL | adapter))
+    solver = None
+    try:
+        solver = Solver(SolverConfig.model_validate({"backbone": SMALL | adapter | {"kind": "server", "base_url": url}}))
+        probs["adapter"] = [p.probabilities for p in solver.solve_batch(qs)]
+    finally:
+        if solver is not None:
+            solver.close()
+        stop_server(proc)
+    merged = SMALL | adapter | {"merge_lora": True}
+    run = subprocess.run([sys.executable, "-c", IN_PROCESS, json.dumps(merged), str(SAMPLE), str(len(qs))],
+                         capture_output=True, text=True, check=True, cwd=SAMPLE.parents[2])
+    probs["merged"] = json.loads(run.stdout.strip().splitlines()[-1])
 
     def gap(a, b):
         """Mean absolute difference of the option probabilities, over every option of every question."""
-        d = [abs(x.probabilities[k] - y.probabilities[k]) for x, y in zip(probs[a], probs[b]) for k in x.probabilities]
+        d = [abs(x[k] - y[k]) for x, y in zip(probs[a], probs[b]) for k in x]
         return sum(d) / len(d)
 
-    assert all(p.letter in q.letters for name in probs for p, q in zip(probs[name], qs))
-    same = sum(m.letter == a.letter for m, a in zip(probs["merged"], probs["adapter"]))
-    in_process = [abs(p[k] - a.probabilities[k]) for p, a in zip(engine, probs["adapter"]) for k in p]
-    seen = {"merged~adapter": gap("merged", "adapter"), "merged~base": gap("merged", "base"), "same letters": same,
-            "in-process~server": sum(in_process) / len(in_process)}
+    assert all(set(p) == set(q.letters) for name in probs for p, q in zip(probs[name], qs))
+    same = sum(max(m, key=m.get) == max(a, key=a.get) for m, a in zip(probs["merged"], probs["adapter"]))
+    seen = {"merged~adapter": gap("merged", "adapter"), "merged~base": gap("merged", "base"), "same letters": same}
     # bf16 rounds the merged weights and the adapter's path differently: close, not equal
     assert seen["merged~adapter"] < 0.02 and seen["merged~base"] > 4 * seen["merged~adapter"], seen
-    assert seen["in-process~server"] < 0.02, seen
     assert same >= len(qs) - 1, seen
 
 

@@ -97,14 +97,25 @@ def _solver(args, cwd, env):
 @pytest.mark.slow
 def test_a_plain_clone_runs_the_default_and_names_every_fix(tmp_path):
     """What `make run` does, from an empty cache and no benchmark data: the embedded model is
-    dequantized into the cache and answers; a shipped config whose model is not here, or a
-    labelled file that is not there, is one line naming the fix and exit 2; a shipped config
-    that retrieves, run without labelled data, answers without retrieval and says so."""
-    env = {k: v for k, v in os.environ.items() if k != "CODEMCQ_BENCH_DATA"} | {"CODEMCQ_CACHE": str(tmp_path / "empty")}
+    dequantized into the cache and answers, and the user sees a few whole lines of ours (the
+    libraries' chatter is in the log it names, under the cache); a shipped config whose model
+    is not here, or a labelled file that is not there, is one line naming the fix and exit 2;
+    a shipped config that retrieves, run without labelled data, says it answers without
+    retrieval (before any engine starts: --limit 0 answers nothing)."""
+    empty = tmp_path / "empty"
+    env = {k: v for k, v in os.environ.items() if k != "CODEMCQ_BENCH_DATA"} | {"CODEMCQ_CACHE": str(empty)}
     out = tmp_path / "sub.csv"
     r = _solver(["run", "-i", str(SAMPLE), "-o", str(out), "-c", str(ROOT / "configs/baseline.yaml"), "--limit", "3"], tmp_path, env)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert out.read_text().splitlines()[0] == "task_id,answer" and (tmp_path / "empty" / "models").is_dir()
+    assert out.read_text().splitlines()[0] == "task_id,answer" and len(out.read_text().splitlines()) == 4
+    assert (empty / "models").is_dir()
+    said = (r.stdout + r.stderr).splitlines()
+    assert len(said) <= 10 and not [line for line in said if "WARNING" in line or "Warning" in line], said
+    assert any(line.startswith("wrote ") for line in said)
+    assert any(line.startswith("on ") and "cores" in line for line in said)  # the machine and the dtype that ran
+    log = Path(said[-1].removeprefix("log: "))
+    assert said[-1].startswith("log: ") and log.parent == empty / "logs" and log.is_file()  # under the cache root
+    assert "vllm" in log.read_text().lower()  # the engine's chatter went there
 
     r = _solver(["run", "-i", str(SAMPLE), "-o", str(out), "-c", str(ROOT / "configs/single-qwen2.5-coder-0.5b.yaml")], tmp_path, env)
     said = [line for line in r.stderr.splitlines() if line.strip()]
@@ -114,7 +125,7 @@ def test_a_plain_clone_runs_the_default_and_names_every_fix(tmp_path):
                  "--labelled", str(tmp_path / "mine.csv")], tmp_path, env)
     assert r.returncode == 2 and f"{tmp_path / 'mine.csv'}: no such file" in r.stderr, r.stderr[-2000:]
 
-    r = _solver(["run", "-i", str(SAMPLE), "-o", str(out), "-c", str(ROOT / "configs/graph.yaml"), "--limit", "3"], tmp_path, env)
+    r = _solver(["run", "-i", str(SAMPLE), "-o", str(out), "-c", str(ROOT / "configs/graph.yaml"), "--limit", "0"], tmp_path, env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "no labelled file was named (--labelled FILE): answering without retrieval" in r.stderr
 

@@ -59,16 +59,10 @@ def test_a_dead_replica_is_named():
         bb.choose(["hello"], [["A", "B"]], [key])
 
 
-@pytest.fixture(scope="module")
-def replica(tmp_path_factory):
-    """A second batch-invariant server of the same model, as `server` is: a replica of it."""
-    from solver.server import start_server, stop_server
-
-    log = (tmp_path_factory.mktemp("replica") / "vllm.log").open("w")
-    proc, url = start_server(BackboneConfig(**SMALL, batch_invariant=True), log=log)
-    yield url
-    stop_server(proc)
-    log.close()
+@pytest.fixture(scope="session")
+def replica(served) -> str:
+    """The pair's second server: the same model, dtype and flags as `server`, a replica of it."""
+    return served[2]["beta"]["base_url"]
 
 
 @pytest.mark.slow
@@ -81,7 +75,7 @@ def test_two_replicas_answer_like_one_server(server, replica, monkeypatch):
             "backbone": SMALL | {"kind": "server", "base_url": base_url, "batch_invariant": True},
             "answer": {"orders": 2}, "graph": {"enabled": True}, "verify": {"enabled": True}}))
 
-    qs = load_questions(SAMPLE).questions[:12]
+    qs = load_questions(SAMPLE).questions[:6]  # both replicas get some (replica_of)
     one, two = solver(server), solver([server, replica])
     bb, key_of, url_of = two.backbone, {}, {}
     achoose, send = bb.achoose, bb._replica

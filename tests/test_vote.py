@@ -1,38 +1,23 @@
-"""Voting across two real vLLM servers on loopback, started by `solver serve`: one killed
-mid-run is dropped and the run goes on; with both dead the run stops and, served again,
-resumes."""
+"""Voting across two real vLLM servers on loopback, started by `solver serve` (the session's
+pair, tests/conftest.py): one killed mid-run is dropped and the run goes on; with the other
+stopped too (SIGTERM to serve) the run stops in one line, and its journal keeps what it
+answered with the dropped votes named (a stopped run resumes from its journal as any run
+does: tests/test_graph.py)."""
 
 import json
 import math
 import os
 import signal
 import subprocess
-import sys
-import time
 
 import pytest
 
 from solver.api import Solver
 from solver.config import load_config
 from solver.data import load_questions
-from tests.conftest import SAMPLE, SMALL, answers_in, faulty, questions_file, run_cmd
+from tests.conftest import SAMPLE, answers_in, faulty, questions_file, run_cmd
 
 pytestmark = pytest.mark.slow  # starts a vLLM engine or server, or runs the CLI in its own process
-
-VOTE = {"backbones": [SMALL | {"kind": "server", "served_name": n} for n in ("alpha", "beta")],
-        "answer": {"orders": 2, "batch_size": 4}, "graph": {"enabled": True}, "vote": {"rule": "weighted"}}
-
-
-def _serve(cfg, env):
-    """`solver serve` in the background; returns it once both servers are registered."""
-    proc = subprocess.Popen([sys.executable, "-m", "solver.cli", "serve", "-c", str(cfg)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    reg = [os.path.join(env["CODEMCQ_CACHE"], "serve", f"{n}.json") for n in ("alpha", "beta")]
-    deadline = time.monotonic() + 600
-    while not all(os.path.exists(r) for r in reg):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-        time.sleep(0.5)
-    return proc, {n: json.load(open(r)) for n, r in zip(("alpha", "beta"), reg)}
 
 
 def _paused(run):
@@ -41,33 +26,22 @@ def _paused(run):
     assert os.WIFSTOPPED(status), f"the run ended (status {status}) before its barrier"
 
 
-def _stop(proc, on_its_own=False):
-    """`solver serve`'s exit status and what it said: after it exits by itself (every server
-    gone), or else after SIGTERM. A SIGTERM sent while it is already exiting kills it outright."""
-    if on_its_own:
-        try:
-            return proc.wait(120), proc.stderr.read()
-        except subprocess.TimeoutExpired:
-            pass
+def _stop(proc):
+    """SIGTERM `solver serve`: its exit status and what it said."""
     proc.send_signal(signal.SIGTERM)
     return proc.wait(60), proc.stderr.read()
 
 
-@pytest.fixture
-def env(cache):
-    return dict(os.environ)
-
-
-def test_vote_across_served_backbones_with_faults(tmp_path, env):
-    cfg = tmp_path / "vote.yaml"
-    cfg.write_text(json.dumps(VOTE))
-    serve, reg = _serve(cfg, env)
+@pytest.mark.kills_served
+def test_vote_across_served_backbones_with_faults(tmp_path, served):
+    serve, cfg, reg = served
+    env = dict(os.environ)  # the session's cache, where serve registered the pair
     try:
         assert all(r["base_url"].startswith("http://127.0.0.1:") for r in reg.values())
 
         # 1. In-process API against the served backbones: one call per backbone for the batch.
         solver = Solver(load_config(cfg))
-        qs = load_questions(SAMPLE).questions
+        qs = load_questions(SAMPLE).questions[:6]
         preds = solver.solve_batch(qs)
         for p, q in zip(preds, qs):
             assert p.letter in q.letters and math.isclose(sum(p.probabilities.values()), 1.0, abs_tol=1e-6)
@@ -76,46 +50,39 @@ def test_vote_across_served_backbones_with_faults(tmp_path, env):
         assert solver.graph.batcher.calls == {"alpha": 1, "beta": 1, "vote": 1}
 
         # 2. beta dies mid-run: dropped for the questions it fails on, reported by name, the run
-        # goes on; then alpha dies too: the run stops in one line, what was answered is journaled.
-        data, out, trace = questions_file(tmp_path, 48), tmp_path / "sub.csv", tmp_path / "trace.jsonl"
+        # goes on; then serve is stopped, alpha with it: the run stops in one line, what was
+        # answered is journaled.
+        data, out = questions_file(tmp_path, 16), tmp_path / "sub.csv"
         journal = out.with_name(out.name + ".journal.jsonl")
-        run = subprocess.Popen(faulty(run_cmd(data, out, cfg), "5:SIGSTOP,8:SIGSTOP"), cwd=tmp_path, env=env,
+        run = subprocess.Popen(faulty(run_cmd(data, out, cfg), "3:SIGSTOP,5:SIGSTOP"), cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _paused(run)  # 20 answers journaled
+        _paused(run)  # 6 answers journaled (batches of 2)
         os.killpg(reg["beta"]["pid"], signal.SIGKILL)  # the server and its engine process
         run.send_signal(signal.SIGCONT)
-        _paused(run)  # 32
-        os.killpg(reg["alpha"]["pid"], signal.SIGKILL)
+        _paused(run)  # 10
+        said = next(line for line in serve.stderr if "error: server 'beta' exited" in line)  # serve saw it die
+        status, rest = _stop(serve)  # SIGTERM: serve stops alpha, and exits
+        said += rest
         run.send_signal(signal.SIGCONT)
         _, stderr = run.communicate(timeout=600)
         assert run.returncode == 1 and "Traceback" not in stderr, stderr[-2000:]
         assert "warning: backbone 'beta' failed" in stderr
         assert stderr.strip().splitlines()[-1].startswith("error: ") and "lost every backbone" in stderr
         answered = answers_in(journal)
-        assert 32 <= answered < 48 and not out.exists()
+        assert 10 <= answered < 16 and not out.exists()
     finally:
-        status, said = _stop(serve, on_its_own=True)
-    # serve reported each death by name, and exited 1 once nothing was left to serve
-    assert status == 1 and "error: server 'beta' exited" in said and "error: server 'alpha' exited" in said
+        if serve.poll() is None:
+            status, said = _stop(serve)
+    # serve reported beta's death by name and, on SIGTERM, stopped alpha, its engine process too
+    assert status == 0 and "error: server 'beta' exited" in said, said
     assert not [f for f in os.listdir(os.path.join(env["CODEMCQ_CACHE"], "serve")) if f.endswith(".json")]
+    with pytest.raises(ProcessLookupError):
+        os.killpg(reg["alpha"]["pid"], 0)
 
-    # 3. Served again: the stopped run resumes from its journal and completes.
-    serve, reg = _serve(cfg, env)
-    try:
-        done = subprocess.run(run_cmd(data, out, cfg) + ["--trace", str(trace)], cwd=tmp_path, env=env,
-                              capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert f"resuming: {answered} answers" in done.stderr
-        lines = out.read_text().splitlines()
-        assert len(lines) == 49 and all(line.split(",")[1] in "ABCDEF" for line in lines[1:])
-        votes = [next(t for t in json.loads(line)["trace"] if t["step"] == "vote") for line in trace.read_text().splitlines()]
-        assert all(not v["failed"] and len(v["votes"]) == 4 for v in votes[:20] + votes[answered:])
-        dropped = [v for v in votes[20:answered] if v["failed"]]
-        assert dropped and all(v["failed"].keys() == {"beta@0", "beta@1"} and sorted(v["votes"]) == ["alpha@0", "alpha@1"]
-                               and "backbone 'beta'" in v["failed"]["beta@0"] for v in dropped)
-    finally:
-        status, _ = _stop(serve)
-    assert status == 0
-    for r in reg.values():  # SIGTERM stopped both servers, their engine processes too
-        with pytest.raises(ProcessLookupError):
-            os.killpg(r["pid"], 0)
+    # 3. The journal: every vote before beta died, beta's dropped after (named), for a resumed run to keep.
+    votes = [next(t for t in json.loads(line)["trace"] if t["step"] == "vote")
+             for line in journal.read_text().splitlines()[1:]]
+    assert all(not v["failed"] and len(v["votes"]) == 4 for v in votes[:6])
+    dropped = [v for v in votes[6:] if v["failed"]]
+    assert dropped and all(v["failed"].keys() == {"beta@0", "beta@1"} and sorted(v["votes"]) == ["alpha@0", "alpha@1"]
+                           and "backbone 'beta'" in v["failed"]["beta@0"] for v in dropped)
