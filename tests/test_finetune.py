@@ -339,7 +339,7 @@ def test_vllm_answers_with_a_top_layers_adapter_through_a_server_and_merged_in_p
     from solver.server import start_server, stop_server
     from tests.conftest import SMALL
 
-    qs = questions[:8]
+    qs = questions[:6]
     probs = {"base": [p.probabilities for p in engine_solver.solve_batch(qs)]}
     adapter = {"lora": str(trained / "adapter")}
     proc, url = start_server(BackboneConfig(**SMALL | adapter))

@@ -180,8 +180,8 @@ def test_the_fitted_decision_on_the_real_engine_gives_the_same_csv_whole_and_res
                                        "decide": {"fitted": str(tmp_path / "fit")}})
     evs = evidence(train, run, out_of_fold(train, 5, 1, kind_of=kind_of))
     Fitted.fit(run, evs, evs, folds=5, seed=0, rounds=100).save(tmp_path / "fit")
-    index = Index.build(train[:160])
-    asks = in_split(load_questions(shared / "train.csv", labelled=True).questions, "dev")[1::10][:12]
+    index = Index.build(train[:80])
+    asks = in_split(load_questions(shared / "train.csv", labelled=True).questions, "dev")[1::10][:8]
 
     def solve(*runs):
         """Each run: a new solver (the resumed run is a new process) answering its batches of 4 in order."""

@@ -124,11 +124,11 @@ def test_graph_runs_and_resumes_to_the_same_csv(dtype, tmp_path, cache):
     bf16 a prompt's numbers depend on the prompts that share its call, so this holds only if
     those follow from the input alone (not from timing, the engine's history or the process).
     The CPU's own dtype runs the whole graph (two orders, verify, re-answer, retrieval, code
-    execution) on 6 questions; the other (bf16 emulated, 5-6x slower on AVX2; float32 where
+    execution) on 4 questions; the other (bf16 emulated, 5-6x slower on AVX2; float32 where
     AMX makes bf16 the native one) two orders with retrieval and execution on 4. The index is
     built on first use and cached."""
     native = dtype == pick_dtype("auto", "cpu")
-    n, batch, steps = (6, 2, FULL) if native else (4, 2, {k: FULL[k] for k in ("graph", "retrieve")})
+    n, batch, steps = (4, 2, FULL) if native else (4, 2, {k: FULL[k] for k in ("graph", "retrieve")})
     data = questions_file(tmp_path, n)
     cfg = tmp_path / "graph.yaml"
     # the inputs are copies of the indexed sample: no duplicate shortcut, so every step runs
