@@ -6,8 +6,8 @@ Usage: python eval/fit_report.py --config configs/graph.yaml --name graph
 Reads three runs of the config with the rules deciding, each journaled: split train (what
 `solver fit --config C --labelled TRAIN` answered; its journal under the cache's fit/),
 and split dev and test (`solver eval --data TRAIN --split dev|test --labelled TRAIN --config C
---json RUNS/NAME-rules-SPLIT.json`); a run with --limit counts the questions it answered. Fits on split train only (graphs/fit.py: the same evidence and
-fits as `solver fit`) and applies each fit to the dev and test answers as the graph's settle
+--json RUNS/NAME-rules-SPLIT.json`); a run with --limit counts the questions it answered.
+Fits on split train only (graphs/fit.py: the same evidence and fits as `solver fit`) and applies each fit to the dev and test answers as the graph's settle
 and decide steps do (Fitted.decide): the LLM's answers are the journaled ones, so every row
 reads the same votes. Rows: the rules; the fit with every feature group; without `text`
 (the question's own text: how the benchmark built its questions); without `text` and `prior`

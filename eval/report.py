@@ -154,8 +154,8 @@ def interval_text(hit: int, n: int, percent: bool = False) -> str:
 
     if not n:
         return "-"
-    p, scale = hit / n, 100 if percent else 1
+    p = hit / n
     if n < 30:
         return f"{100 * p:.0f} (n={n})" if percent else f"{hit}/{n}"
     half = 1.96 * math.sqrt(p * (1 - p) / n)
-    return f"{scale * p:.1f} ±{scale * half:.1f}" if percent else f"{p:.3f} ±{half:.3f}"
+    return f"{100 * p:.1f} ±{100 * half:.1f}" if percent else f"{p:.3f} ±{half:.3f}"

@@ -20,8 +20,8 @@ import numpy as np
 from execution.recognise import KINDS, code_of, kind_of
 from graphs.priors import OptionPriors
 from index.embed import normalise, normalise_option
-from solver.prompts import question_text
 from solver.config import DecideConfig
+from solver.prompts import question_text
 from solver.types import LETTERS, Found, Question
 
 

@@ -118,17 +118,6 @@ PAIR = {"backbones": [SMALL | {"kind": "server", "served_name": n, "batch_invari
         "answer": {"orders": 2, "batch_size": 2}, "graph": {"enabled": True}, "vote": {"rule": "weighted"}}
 
 
-def serve_pair(cfg: Path, env: dict) -> tuple[subprocess.Popen, dict]:
-    """`solver serve` of `cfg` in the background; returns it and its registry once both servers are up."""
-    proc = subprocess.Popen([sys.executable, "-m", "solver.cli", "serve", "-c", str(cfg)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    reg = [Path(env["CODEMCQ_CACHE"]) / "serve" / f"{n}.json" for n in ("alpha", "beta")]
-    while not all(r.exists() for r in reg):  # serve gives up on a server by itself (its start timeout)
-        assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.5)
-    return proc, {n: json.loads(r.read_text()) for n, r in zip(("alpha", "beta"), reg)}
-
-
 @pytest.fixture(scope="session")
 def served(tmp_path_factory):
     """The one pair of loopback servers of the session, started once for the server, replica
@@ -139,8 +128,15 @@ def served(tmp_path_factory):
 
     cfg = tmp_path_factory.mktemp("pair") / "pair.yaml"
     cfg.write_text(json.dumps(PAIR))
-    proc, reg = serve_pair(cfg, dict(os.environ))
-    yield proc, cfg, reg
+    proc = subprocess.Popen([sys.executable, "-m", "solver.cli", "serve", "-c", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # the session's cache as the environment names it now (this module is imported twice, as
+    # `conftest` and as `tests.conftest`, and the second import's folder is the one in use)
+    reg = [root() / "serve" / f"{n}.json" for n in ("alpha", "beta")]
+    while not all(r.exists() for r in reg):  # serve gives up on a server by itself (its start timeout)
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.5)
+    yield proc, cfg, {n: json.loads(r.read_text()) for n, r in zip(("alpha", "beta"), reg)}
     if proc.poll() is None:
         stop_server(proc)
 
