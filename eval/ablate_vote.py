@@ -87,7 +87,7 @@ def main():
     import yaml
 
     from index.cached import cached_index
-    from solver.config import load_config, with_labelled
+    from core.config import load_config, with_labelled
 
     cfg = with_labelled(load_config(args.config), args.data, held_out=True)[0]  # retrieval: split train only
     out = Path(args.out)

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 from execution import sandbox  # noqa: E402
 from execution.evidence import evidence  # noqa: E402
 from execution.recognise import job_for  # noqa: E402
-from solver.config import ExecuteConfig  # noqa: E402
-from solver.hardware import machine  # noqa: E402
+from core.config import ExecuteConfig  # noqa: E402
+from backends.hardware import machine  # noqa: E402
 
 from report import Timer, bench_file, labelled  # noqa: E402
 

@@ -37,7 +37,7 @@ from finetune.config import FinetuneConfig  # noqa: E402
 from finetune.data import build_examples  # noqa: E402
 from finetune.train import Collate, answer_logits, items, answer_loss, load_for_training, torch_dtype  # noqa: E402
 from report import Timer, labelled  # noqa: E402
-from solver.models import resolve_model  # noqa: E402
+from backends.models import resolve_model  # noqa: E402
 
 
 def batches(examples, size: int) -> list[list[dict]]:
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     args = ap.parse_args()
 
-    from solver.hardware import machine
+    from backends.hardware import machine
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch_dtype(args.dtype, device)

@@ -34,7 +34,7 @@ def main():
 
     from graphs.build import GraphRunner
     from solver.api import Solver
-    from solver.config import load_config, with_labelled
+    from core.config import load_config, with_labelled
 
     cfg = with_labelled(load_config(args.config), args.data, held_out=True)[0]  # retrieval: split train only
     questions = labelled(args.data, "dev", args.n)
@@ -56,8 +56,8 @@ def main():
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
     n_prompts = sum(len(r) for _, r in recorded)
-    from solver.backbone import run_dtype
-    from solver.hardware import machine
+    from backends.backbone import run_dtype
+    from backends.hardware import machine
 
     dtypes = ", ".join(f"{b.model} {run_dtype(b)}" for b in cfg.backbones)
     print(f"{len(questions)} dev questions, config {cfg.name}, models {dtypes}; {machine()}")

@@ -30,8 +30,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from solver.config import load_config  # noqa: E402
-from solver.hardware import machine, pick_dtype  # noqa: E402
+from core.config import load_config  # noqa: E402
+from backends.hardware import machine, pick_dtype  # noqa: E402
 
 
 def solver_cmd(code: Path, *args: str) -> list[str]:

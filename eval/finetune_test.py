@@ -21,9 +21,9 @@ from scipy.stats import binomtest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from solver.data import in_split, load_questions  # noqa: E402
+from core.data import in_split, load_questions  # noqa: E402
 from solver.runner import wilson  # noqa: E402
-from solver.types import Prediction  # noqa: E402
+from core.types import Prediction  # noqa: E402
 
 
 def main():

@@ -3,7 +3,7 @@
 Usage: python eval/fit_probe.py [--data TRAIN (default: $CODEMCQ_BENCH_DATA/train.csv)] [--k 8]
                                 [--folds 5] [--seed 0] [--rounds 200] [--out eval/results/fit]
 
-Fits on split train only and reports on dev and test (solver.data.split_of). Evidence of a
+Fits on split train only and reports on dev and test (core.data.split_of). Evidence of a
 train question: its neighbours in a FAISS index of split train (queried with
 exclude_same_text=False, so copies count; the question itself is never its own neighbour)
 and option priors of the other folds of split train (graphs.priors.out_of_fold: leave-one-out
@@ -35,10 +35,10 @@ from execution.recognise import KINDS, kind_of
 from graphs.features import FEATURES, Evidence, matrix, names_in
 from graphs.priors import OptionPriors, fold_of, out_of_fold
 from index.cached import cached_index
-from solver.cache import cache_path
-from solver.data import split_of
-from solver.journal import sha256_file
-from solver.types import LETTERS
+from core.cache import cache_path
+from core.data import split_of
+from core.journal import sha256_file
+from core.types import LETTERS
 
 GROUPS = ["kind", "text", "prior", "shape", "retrieval"]
 SETS = {  # name: (groups, features left out)

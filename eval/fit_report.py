@@ -32,9 +32,9 @@ from graphs.nodes import neighbours_for
 from graphs.priors import OptionPriors, fold_of
 from graphs.ranker import Fitted, per_kind
 from index.cached import cached_index
-from solver.cache import cache_path
-from solver.config import load_config, with_labelled
-from solver.journal import Journal
+from core.cache import cache_path
+from core.config import load_config, with_labelled
+from core.journal import Journal
 from solver.runner import fingerprint
 
 VARIANTS = {  # name: feature groups (None: the rules decide)
@@ -142,7 +142,7 @@ def main() -> None:
 
 
 def write(out: Path, args, cfg, results, fits, curve, letters, questions) -> None:
-    from solver.hardware import machine
+    from backends.hardware import machine
 
     out.mkdir(parents=True, exist_ok=True)
     answers = {s: {q.task_id: q.answer for q in questions[s]} for s in ("dev", "test")}

@@ -24,7 +24,7 @@ def bench_file(name: str = "train.csv") -> dict:
 
 def labelled(data, split: str | None = None, n: int | None = None) -> list:
     """The labelled questions of `data` in one fixed hash split (None: all), the first `n`."""
-    from solver.data import in_split, load_questions
+    from core.data import in_split, load_questions
 
     return in_split(load_questions(data, labelled=True).questions, split)[:n]
 
@@ -60,8 +60,8 @@ def backbone_pair(bcfg):
     """(uncached backbone for timing, the same behind the on-disk answer cache). At
     temperature 0 the same prompt gets the same answer, and ablations ask the same prompts
     under many configs: each is sent once, whichever script asks first."""
-    from solver.backbone import CachedBackbone, make_backbone, run_dtype
-    from solver.cache import cache_path
+    from backends.backbone import CachedBackbone, make_backbone, run_dtype
+    from core.cache import cache_path
 
     raw = make_backbone(bcfg)
     answers = bcfg.model_dump(include={"model", "tokenizer", "lora", "merge_lora", "max_model_len"}) | {"dtype": run_dtype(bcfg)}  # what sets an answer
@@ -107,7 +107,7 @@ def row(name, preds, questions, ok, seconds=None, flips=None) -> dict:
 
 
 def markdown(table) -> list[str]:
-    from solver.hardware import describe, pick_dtype
+    from backends.hardware import describe, pick_dtype
 
     lines = [f"Timed on {describe(pick_dtype())} (dtype: auto).", "", *HEADER]
     for r in table:

@@ -32,8 +32,8 @@ def main():
 
     from finetune.config import FinetuneConfig
     from finetune.train import finetune
-    from solver.backbone import make_backbone
-    from solver.config import load_config
+    from backends.backbone import make_backbone
+    from core.config import load_config
     from solver.runner import wilson
 
     cfg = load_config(args.config, FinetuneConfig)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from execution.recognise import COMPILE_OPTION, ERROR_OPTION, Job
 from execution.sandbox import java_class
-from solver.types import Question
+from core.types import Question
 
 STOPPED = ("timeout", "killed")  # a run a limit ended: no evidence either way
 

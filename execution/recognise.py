@@ -19,8 +19,8 @@ import re
 import textwrap
 from dataclasses import dataclass
 
-from solver.prompts import question_text
-from solver.types import Question
+from core.prompts import question_text
+from core.types import Question
 
 ASKS_OUTPUT = re.compile(r"\b(output|print(?:s|ed)?|displayed?|result)\b[^\n?]*\?|\boutput\b", re.I)
 # Output that depends on the machine the question imagines (a 32-bit CPU, Turbo C, files,

@@ -41,8 +41,8 @@ from typing import Literal
 from pydantic import BaseModel
 
 from execution import cgroups
-from solver.cache import cache_path
-from solver.journal import atomic_write
+from core.cache import cache_path
+from core.journal import atomic_write
 
 PATH = "/usr/bin:/bin"  # the only tools a run sees; /usr/local lives under /usr
 ENV = {"PATH": PATH, "HOME": "/tmp", "LANG": "C.UTF-8"}
@@ -311,7 +311,7 @@ def run(language: str, source: str, *, stdin: str = "", timeout_s: float = 5, me
         return Result(status="unavailable", stderr=f"no {language} runs without a cgroup per run (root, cgroup v1)")
     key = hashlib.sha256(json.dumps([VERSION, mech, language, source, stdin, timeout_s, memory_mb,
                                      max_output] + (["check"] if check_only else [])).encode()).hexdigest()
-    if cache_dir is True:  # the cache root's exec/ (solver/cache.py)
+    if cache_dir is True:  # the cache root's exec/ (core/cache.py)
         cache_dir = cache_path("exec")
     path = cache_dir / f"{key}.json" if cache_dir else None
     if path and path.is_file():

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from solver.config import Strict
+from core.config import Strict
 
 Split = Literal["train", "dev", "test"]  # the fixed hash splits of solver.data.split_of
 

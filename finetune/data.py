@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetune.config import FinetuneConfig
-from solver.data import DataError, in_split, load_questions
-from solver.models import ModelError
-from solver.prompts import PromptTooLong, answer_prompt
-from solver.types import LETTERS, Question
+from core.data import DataError, in_split, load_questions
+from backends.models import ModelError
+from core.prompts import PromptTooLong, answer_prompt
+from core.types import LETTERS, Question
 
 
 @dataclass

@@ -31,12 +31,12 @@ import torch.nn.functional as F
 from finetune.activations import ActivationCache, decoder_layers, starting_at
 from finetune.config import FinetuneConfig
 from finetune.data import Example, build_examples, load_splits, retrieved_shots
-from solver.cache import cache_path
-from solver.data import DataError
-from solver.hardware import pick_dtype
-from solver.journal import atomic_dir, atomic_write, sha256_file
-from solver.models import merge_adapter, resolve_model
-from solver.types import UserError
+from core.cache import cache_path
+from core.data import DataError
+from backends.hardware import pick_dtype
+from core.journal import atomic_dir, atomic_write, sha256_file
+from backends.models import merge_adapter, resolve_model
+from core.types import UserError
 
 StageProgress = Callable[[str, int, int], None]  # (stage, done, total): the caller draws it
 
@@ -47,7 +47,7 @@ def run_fingerprint(data_sha256: str, cfg: FinetuneConfig) -> str:
 
 
 def torch_dtype(name: str, device: str) -> torch.dtype:
-    """`name`, or for auto the dtype the hardware computes natively (solver.hardware)."""
+    """`name`, or for auto the dtype the hardware computes natively (backends.hardware)."""
     return getattr(torch, pick_dtype(name, device))
 
 

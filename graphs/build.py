@@ -13,9 +13,9 @@ from graphs.batcher import StepBatcher
 from graphs.nodes import ballots, found_in, make_nodes, neighbours_for
 from graphs.state import State
 from graphs.vote import weighted
-from solver.backbone import run_coroutine
-from solver.config import SolverConfig
-from solver.types import Cost, Prediction, Question
+from backends.backbone import run_coroutine
+from core.config import SolverConfig
+from core.types import Cost, Prediction, Question
 
 
 def enabled_nodes(cfg: SolverConfig) -> list[str]:
@@ -64,7 +64,7 @@ def sandbox_warnings(cfg) -> None:
     """What a user of `execute` must know before the run: no sandbox (nothing runs), no
     sandbox on purpose (unsafe), languages this machine cannot run, runs that may not fit
     in the memory left beside the engine, runs capped per process only (no cgroup)."""
-    from solver.hardware import available_gb
+    from backends.hardware import available_gb
 
     warn = logging.getLogger(__name__).warning  # the CLI shows it (solver/console.py)
 

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from graphs.debias import Prior, cyclic, estimate, sample
-from solver.backbone import BackboneError
-from solver.cache import cache_path
-from solver.config import SolverConfig, votes_only
-from solver.data import DataError, in_split, load_questions
-from solver.journal import atomic_write, sha256_file
-from solver.prompts import PromptTooLong, answer_prompt
-from solver.types import Question, top_letter
+from backends.backbone import BackboneError
+from core.cache import cache_path
+from core.config import SolverConfig, votes_only
+from core.data import DataError, in_split, load_questions
+from core.journal import atomic_write, sha256_file
+from core.prompts import PromptTooLong, answer_prompt
+from core.types import Question, top_letter
 
 
 def _cache(path: Path, what: str, key: object) -> Path:

@@ -20,9 +20,9 @@ import numpy as np
 from execution.recognise import KINDS, code_of, kind_of
 from graphs.priors import OptionPriors
 from index.embed import normalise, normalise_option
-from solver.config import DecideConfig
-from solver.prompts import question_text
-from solver.types import LETTERS, Found, Question
+from core.config import DecideConfig
+from core.prompts import question_text
+from core.types import LETTERS, Found, Question
 
 
 @dataclass(frozen=True)

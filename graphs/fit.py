@@ -16,8 +16,8 @@ from graphs.features import Evidence, evidence_of
 from graphs.nodes import neighbours_for
 from graphs.priors import out_of_fold
 from graphs.ranker import Fitted, FitError
-from solver.config import SolverConfig
-from solver.types import Prediction, Progress, Question
+from core.config import SolverConfig
+from core.types import Prediction, Progress, Question
 
 
 def fittable(cfg: SolverConfig) -> None:

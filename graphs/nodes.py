@@ -28,9 +28,9 @@ from graphs.debias import debias
 from graphs.features import evidence_of
 from graphs.priors import OptionPriors
 from graphs.routing import current, decide, has_examples, option_order, settled_by_run, verify_update
-from solver.backbone import BackboneError
-from solver.prompts import VERDICTS, PromptTooLong, answer_prompt, verify_prompt
-from solver.types import Found, Question, top_letter, voter
+from backends.backbone import BackboneError
+from core.prompts import VERDICTS, PromptTooLong, answer_prompt, verify_prompt
+from core.types import Found, Question, top_letter, voter
 
 
 def neighbours_for(index, questions: list[Question], k: int, progress=None) -> list[list[tuple[str, float]]]:

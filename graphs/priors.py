@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from index.embed import normalise_option
-from solver.types import LETTERS, Question
+from core.types import LETTERS, Question
 
 
 def contribution(q: Question) -> tuple[set[str], str]:

@@ -10,8 +10,8 @@ import random
 
 from langgraph.types import Send
 
-from solver.config import SolverConfig
-from solver.types import top_letter
+from core.config import SolverConfig
+from core.types import top_letter
 
 DECIDE, ANSWER, VOTE, VERIFY, REANSWER, EXECUTE, SETTLE = ("decide", "answer", "vote", "verify", "reanswer", "execute",
                                                            "settle")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 from typing import Annotated, TypedDict
 
-from solver.types import Question
+from core.types import Question
 
 
 class State(TypedDict, total=False):

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from solver.types import LETTERS, backbone_of, top_letter
+from core.types import LETTERS, backbone_of, top_letter
 
 Votes = dict[str, dict[str, float]]
 TINY = 1e-12  # floor inside log: a zero-count cell must not veto a class (or make NaN)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from index.embed import DEFAULT_MODEL
 from index.store import Index
-from solver.cache import cache_path
-from solver.data import DataError, in_split, load_questions
-from solver.hardware import pick_dtype
-from solver.journal import sha256_file
+from core.cache import cache_path
+from core.data import DataError, in_split, load_questions
+from backends.hardware import pick_dtype
+from core.journal import sha256_file
 
 
 def cached_index(data: str, split: str | None = None, model: str = DEFAULT_MODEL) -> Index:

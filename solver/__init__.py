@@ -1,6 +1,6 @@
 """An agentic multiple-choice solver for programming questions."""
 
-from solver.types import Prediction, Question
+from core.types import Prediction, Question
 
 __all__ = ["Solver", "Question", "Prediction"]
 

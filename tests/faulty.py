@@ -11,7 +11,7 @@ import signal
 import sys
 
 from solver.cli import main
-from solver.journal import Journal
+from core.journal import Journal
 
 plan = {n if n == "exit" else int(n): getattr(signal, name)
         for n, name in (item.split(":") for item in sys.argv[1].split(","))}

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from solver import console
 from solver.cli import app
-from solver.registry import MODELS, location
+from backends.registry import MODELS, location
 from tests.conftest import ROOT
 
 GOOD = "task_id,question,choices\nq1,Question: ok?,\"['a', 'b']\"\n"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from solver.config import load_config
+from core.config import load_config
 from tests.conftest import ROOT
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -41,7 +41,7 @@ def test_labelled_data_is_the_users_and_never_the_scored_split(tmp_path):
     """--labelled fills retrieval; scored against a dev/test split of the same file, only its
     split train is indexed; a retrieving config without any answers without retrieval (a note)."""
     from solver.cli import _configured
-    from solver.config import with_labelled
+    from core.config import with_labelled
 
     graph = load_config(ROOT / "configs" / "graph.yaml")
     cfg, note = with_labelled(graph, "mine.csv")
@@ -64,7 +64,7 @@ def test_best_is_the_finetuned_pipeline():
 
 def test_the_single_pass_is_the_graph_with_its_other_steps_off():
     from graphs.build import enabled_nodes
-    from solver.config import as_graph
+    from core.config import as_graph
 
     graph = load_config(ROOT / "configs/graph.yaml")
     assert as_graph(graph) is graph
@@ -77,7 +77,7 @@ def test_the_single_pass_is_the_graph_with_its_other_steps_off():
 
 
 def test_config_comments_name_the_cache_root_not_a_working_folder():
-    """Everything kept lives under the cache root (solver/cache.py); a comment pointing at
+    """Everything kept lives under the cache root (core/cache.py); a comment pointing at
     `.cache/` sends a user to a folder that is not there."""
     for path in CONFIGS:
         assert ".cache/" not in path.read_text(), path.name

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from solver.data import DataError, clean_label, group_of, in_split, load_questions, parse_choices, split_of
+from core.data import DataError, clean_label, group_of, in_split, load_questions, parse_choices, split_of
 from tests.conftest import SAMPLE
 
 
@@ -90,7 +90,7 @@ def test_shared_train_and_test(shared):
 
 def test_a_huge_field_is_read_and_cut_to_fit(tmp_path, tokenizer):
     """A 14 MB question is valid CSV: it is read whole, and its prompt is cut to the context."""
-    from solver.prompts import answer_prompt
+    from core.prompts import answer_prompt
 
     code = "int x = 0;\n" * 1_300_000  # 14.3 MB
     path = tmp_path / "big.csv"

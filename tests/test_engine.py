@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from solver.data import load_questions
-from solver.types import LETTERS, Question
+from core.data import load_questions
+from core.types import LETTERS, Question
 from tests.conftest import SAMPLE
 
 pytestmark = pytest.mark.slow  # starts a vLLM engine or server, or runs the CLI in its own process

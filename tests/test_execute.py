@@ -6,7 +6,7 @@ import pytest
 from execution import sandbox
 from execution.evidence import evidence, tokens
 from execution.recognise import call_examples, job_for
-from solver.types import Question
+from core.types import Question
 
 C = Question(task_id="c", question="Question: What will be the output of the following C code?\n#include <stdio.h>\n"
              "int main() {\n    int a = 1, b = 3;\n    b = a++ + a++;\n    printf(\"a=%d \\n b=%d\", a, b);\n    return 0;\n}",
@@ -133,7 +133,7 @@ def test_graph_settles_runnable_questions_without_the_llm(engine_solver, tmp_pat
     """The execute step in the compiled graph: a settled question costs no LLM call; the
     others are answered as before; a hostile snippet, run through the graph, escapes nothing."""
     from solver.api import Solver
-    from solver.config import SolverConfig
+    from core.config import SolverConfig
     from tests.conftest import SMALL
 
     if sandbox.available() is None:

@@ -6,7 +6,7 @@ import pytest
 from execution.recognise import kind_of
 from graphs.features import FEATURES, Evidence, matrix
 from graphs.priors import OptionPriors
-from solver.types import Question
+from core.types import Question
 
 
 def q(text, choices, answer=None, task_id="t0"):

@@ -18,11 +18,11 @@ from finetune.activations import ActivationCache
 from finetune.config import FinetuneConfig
 from finetune.data import build_examples, letter_token_ids
 from finetune.train import Collate, answer_loss, finetune, items, load_for_training
-from solver.config import ConfigError, load_config
-from solver.data import DataError, load_questions, split_of
-from solver.models import resolve_model
-from solver.prompts import answer_prompt
-from solver.types import UserError
+from core.config import ConfigError, load_config
+from core.data import DataError, load_questions, split_of
+from backends.models import resolve_model
+from core.prompts import answer_prompt
+from core.types import UserError
 from tests.conftest import SAMPLE
 
 pytestmark = pytest.mark.slow  # trains, and starts vLLM engines and servers
@@ -311,8 +311,8 @@ def trained(tmp_path_factory):
 IN_PROCESS = """
 import json, sys
 from solver.api import Solver
-from solver.config import SolverConfig
-from solver.data import load_questions
+from core.config import SolverConfig
+from core.data import load_questions
 solver = Solver(SolverConfig.model_validate({"backbone": json.loads(sys.argv[1])}))
 qs = load_questions(sys.argv[2], labelled=True).questions[:int(sys.argv[3])]
 print(json.dumps([p.probabilities for p in solver.solve_batch(qs)]))
@@ -335,8 +335,8 @@ def test_vllm_answers_with_a_top_layers_adapter_through_a_server_and_merged_in_p
     with safe_open(str(trained / "adapter" / "adapter_model.safetensors"), "pt") as f:
         assert {k.split(".layers.")[1].split(".")[0] for k in f.keys()} == {"26", "27", "28", "29"}
     from solver.api import Solver
-    from solver.config import BackboneConfig, SolverConfig
-    from solver.server import start_server, stop_server
+    from core.config import BackboneConfig, SolverConfig
+    from backends.server import start_server, stop_server
     from tests.conftest import SMALL
 
     qs = questions[:6]
@@ -370,7 +370,7 @@ def test_vllm_answers_with_a_top_layers_adapter_through_a_server_and_merged_in_p
 
 
 def test_a_merged_adapter_is_made_once_and_keyed_by_its_bytes(trained, tmp_path, monkeypatch):
-    from solver.models import merged_model
+    from backends.models import merged_model
 
     monkeypatch.setenv("CODEMCQ_CACHE", str(tmp_path / "models"))
     base = resolve_model("smollm2-135m-instruct")

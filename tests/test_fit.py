@@ -13,8 +13,8 @@ from execution.recognise import kind_of
 from graphs.features import Evidence, matrix
 from graphs.priors import out_of_fold
 from graphs.ranker import FitError, Fitted, Table, feature_names, gate_thresholds
-from solver.config import SolverConfig, load_config
-from solver.data import in_split, load_questions
+from core.config import SolverConfig, load_config
+from core.data import in_split, load_questions
 from tests.conftest import ROOT
 
 N = 400  # questions of split train: a fit in about a second, folds of 80
@@ -112,7 +112,7 @@ def test_too_few_questions_for_the_folds(train, cfg):
 def test_gate_thresholds_keep_the_precision():
     """Out-of-fold top probabilities of 30 behaviour questions: the 25 surest right, then
     wrong ones: the threshold lets in the 25 (precision 1.0 >= 0.98), none of the rest."""
-    from solver.types import Question
+    from core.types import Question
 
     qs = [Question(task_id=f"b{i}", question="Which behavior most likely occurs?", choices=["x", "y"],
                    answer="A" if i < 25 else "B") for i in range(30)]
@@ -172,7 +172,7 @@ def test_the_fitted_decision_on_the_real_engine_gives_the_same_csv_whole_and_res
     journal), give the same CSV byte for byte; some questions were decided by the ranker."""
     from index.store import Index
     from solver.api import Solver
-    from solver.journal import submission_csv
+    from core.journal import submission_csv
     from tests.conftest import SMALL
 
     run = SolverConfig.model_validate({"backbone": SMALL, "graph": {"enabled": True},

@@ -9,9 +9,9 @@ import pytest
 
 from index.store import Index
 from solver.api import Solver
-from solver.config import SolverConfig
-from solver.data import load_questions
-from solver.hardware import pick_dtype
+from core.config import SolverConfig
+from core.data import load_questions
+from backends.hardware import pick_dtype
 from tests.conftest import PROB_TOL, SAMPLE, SMALL, interrupt, questions_file, run_cmd
 
 pytestmark = pytest.mark.slow  # starts a vLLM engine or server, or runs the CLI in its own process
@@ -77,7 +77,7 @@ def test_debiased_pool_vote_on_the_engine(engine_solver):
     questions' cost says so; the pool combines what is left, with the config's weight."""
     from graphs.debias import debias, sample
     from graphs.vote import pool
-    from solver.prompts import answer_prompt
+    from core.prompts import answer_prompt
 
     cfg = SolverConfig.model_validate({"backbone": SMALL, "answer": {"orders": 2}, "graph": {"enabled": True},
                                        "vote": {"rule": "pool", "weights": {"smollm2-135m-instruct": 0.5},

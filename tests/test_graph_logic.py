@@ -6,11 +6,11 @@ their own tests (test_engine.py, test_graph.py, test_vote.py, ...)."""
 import pytest
 
 from solver.api import Solver
-from solver.config import SolverConfig
-from solver.journal import Journal
-from solver.prompts import VERDICTS
+from core.config import SolverConfig
+from core.journal import Journal
+from core.prompts import VERDICTS
 from solver.runner import answer_all
-from solver.types import Question
+from core.types import Question
 from tests.conftest import Scripted, shown
 
 RIGHT = "the right one"
@@ -152,10 +152,10 @@ def test_resume_sends_the_calls_an_uninterrupted_run_sends(tokenizer, tmp_path):
 
 def test_a_coroutine_runs_inside_a_running_event_loop():
     """A notebook kernel runs an event loop: the graph and the served backbone run their own
-    beside it (solver.backbone.run_coroutine), where asyncio.run alone refuses."""
+    beside it (backends.backbone.run_coroutine), where asyncio.run alone refuses."""
     import asyncio
 
-    from solver.backbone import run_coroutine
+    from backends.backbone import run_coroutine
 
     async def answer():
         return 42

@@ -1,8 +1,8 @@
-"""solver/hardware.py: the machine's facts and the choices made from them."""
+"""backends/hardware.py: the machine's facts and the choices made from them."""
 
 import os
 
-from solver import hardware as hw
+from backends import hardware as hw
 
 
 def test_this_cpu_is_read():

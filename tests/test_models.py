@@ -1,4 +1,4 @@
-"""Models by name (solver/registry.py) and a user's path from a plain clone: no benchmark
+"""Models by name (backends/registry.py) and a user's path from a plain clone: no benchmark
 data, an empty cache. Pulls run real pip against wheels built here (no index reached)."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from solver import registry
-from solver.models import resolve_model
-from solver.registry import Entry, ModelError, Part
+from backends import registry
+from backends.models import resolve_model
+from backends.registry import Entry, ModelError, Part
 from tests.conftest import ROOT, SAMPLE
 
 

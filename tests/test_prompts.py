@@ -2,8 +2,8 @@
 
 import pytest
 
-from solver.prompts import PromptTooLong, answer_prompt, n_tokens
-from solver.types import Question
+from core.prompts import PromptTooLong, answer_prompt, n_tokens
+from core.types import Question
 
 
 def test_short_prompt_is_whole_and_templated(tokenizer):

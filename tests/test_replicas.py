@@ -4,10 +4,10 @@ chosen by its task_id, and the letters are those of one server."""
 import pytest
 
 from solver.api import Solver
-from solver.backbone import BackboneError, ServerBackbone, replica_of, run_dtype
-from solver.config import BackboneConfig, ConfigError, SolverConfig, load_config
-from solver.data import load_questions
-from solver.server import free_port
+from backends.backbone import BackboneError, ServerBackbone, replica_of, run_dtype
+from core.config import BackboneConfig, ConfigError, SolverConfig, load_config
+from core.data import load_questions
+from backends.server import free_port
 from tests.conftest import PROB_TOL, SAMPLE, SMALL
 
 

@@ -7,10 +7,10 @@ import subprocess
 import pytest
 
 from solver.api import Solver
-from solver.backbone import BackboneError, ServerBackbone
-from solver.config import BackboneConfig, SolverConfig
-from solver.data import load_questions
-from solver.server import free_port
+from backends.backbone import BackboneError, ServerBackbone
+from core.config import BackboneConfig, SolverConfig
+from core.data import load_questions
+from backends.server import free_port
 from tests.conftest import PROB_TOL, SAMPLE, SMALL, run_cmd
 
 pytestmark = pytest.mark.slow  # starts a vLLM engine or server, or runs the CLI in its own process

@@ -13,8 +13,8 @@ import subprocess
 import pytest
 
 from solver.api import Solver
-from solver.config import load_config
-from solver.data import load_questions
+from core.config import load_config
+from core.data import load_questions
 from tests.conftest import SAMPLE, answers_in, faulty, questions_file, run_cmd
 
 pytestmark = pytest.mark.slow  # starts a vLLM engine or server, or runs the CLI in its own process

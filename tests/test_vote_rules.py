@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from graphs import vote as V
-from solver.types import top_letter
+from core.types import top_letter
 
 L4 = ["A", "B", "C", "D"]
 

@@ -1,6 +1,6 @@
 """Where `solver serve` records the servers it runs, one JSON file per backbone label under
 the cache root's serve/, so that `solver run` and `solver eval` with the same config find
-them (solver/backbone.py) without importing the server code."""
+them (backends/backbone.py) without importing the server code."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import json
 import os
 from pathlib import Path
 
-from solver.cache import cache_path
-from solver.journal import atomic_write
+from core.cache import cache_path
+from core.journal import atomic_write
 
 
 def registry_dir() -> Path:

@@ -13,7 +13,7 @@ import typer
 
 from index.embed import DEFAULT_MODEL
 from solver.console import err, out, progress_callback, reported, skipped_note
-from solver.data import load_questions
+from core.data import load_questions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 

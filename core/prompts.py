@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from solver.types import Question, question_body
+from core.types import Question, question_body
 
 ANSWER_TEMPLATE = """The following is a multiple-choice question about programming. Choose the correct option.
 

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from solver.types import LETTERS, Question, UserError, question_body
+from core.types import LETTERS, Question, UserError, question_body
 
 REQUIRED = ("task_id", "question", "choices")
 _LABEL = re.compile(r"^(?:ANSWER\s*:\s*)?([A-Za-z])$")

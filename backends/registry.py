@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from solver.cache import cache_path
-from solver.types import Progress, UserError
+from core.cache import cache_path
+from core.types import Progress, UserError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from solver.types import UserError
+from core.types import UserError
 
 
 class Strict(BaseModel):
@@ -97,7 +97,7 @@ class VerifyConfig(Strict):
 class RetrieveConfig(Strict):
     enabled: bool = False
     # Solved questions, indexed once and cached: the labelled file the user names with
-    # `--labelled FILE` (solver/config.py: with_labelled). None and no `index`: no retrieval.
+    # `--labelled FILE` (core/config.py: with_labelled). None and no `index`: no retrieval.
     data: str | None = None
     split: str | None = None  # index only this hash split of `data` (None: all of it)
     index: str | None = None  # a prebuilt index folder instead of `data`

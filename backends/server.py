@@ -10,11 +10,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-from solver.backbone import MAX_LOGPROBS, engine_dtype, engine_limits, lora_rank, model_and_adapter
-from solver.config import BackboneConfig
-from solver.hardware import cpu_engine_env, cuda_capability
-from solver.models import resolve_model
-from solver.served import register, registry_dir, served, unregister
+from backends.backbone import MAX_LOGPROBS, engine_dtype, engine_limits, lora_rank, model_and_adapter
+from core.config import BackboneConfig
+from backends.hardware import cpu_engine_env, cuda_capability
+from backends.models import resolve_model
+from backends.served import register, registry_dir, served, unregister
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -118,7 +118,7 @@ def serve_all(backbones: list[BackboneConfig], host: str = "127.0.0.1", say=prin
     Returns the exit status: 0 after a clean stop, 1 when every server died."""
     import signal
 
-    from solver.types import UserError
+    from core.types import UserError
 
     for b in backbones:
         if (entry := served(b.label)) is not None:

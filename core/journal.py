@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from solver.types import Prediction, Question
+from core.types import Prediction, Question
 
 
 def sha256_file(path: Path) -> str:

@@ -1,4 +1,4 @@
-"""Name a model any way a user would: a registered name (solver/registry.py), a hub id, a
+"""Name a model any way a user would: a registered name (backends/registry.py), a hub id, a
 local folder, a GGUF file.
 
 vLLM on CPU cannot load GGUF, so a GGUF is dequantized once with transformers into a
@@ -11,10 +11,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from solver import registry
-from solver.cache import cache_path
-from solver.journal import atomic_dir, sha256_file
-from solver.registry import ModelError
+from backends import registry
+from core.cache import cache_path
+from core.journal import atomic_dir, sha256_file
+from backends.registry import ModelError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 __all__ = ["DEFAULT_MODEL", "ModelError", "adapter_config", "locate_model", "merged_model", "resolve_adapter",

@@ -18,10 +18,10 @@ from abc import ABC, abstractmethod
 from functools import cached_property
 from pathlib import Path
 
-from solver.config import BackboneConfig
-from solver.hardware import (available_gb, cpu_engine_env, cpu_has_bf16, cuda_capability, environ, kv_cache_gb,
+from core.config import BackboneConfig
+from backends.hardware import (available_gb, cpu_engine_env, cpu_has_bf16, cuda_capability, environ, kv_cache_gb,
                              library_defaults, pick_dtype)
-from solver.models import adapter_config, locate_model, merged_model, resolve_adapter, resolve_model
+from backends.models import adapter_config, locate_model, merged_model, resolve_adapter, resolve_model
 
 log = logging.getLogger(__name__)  # warnings the user can act on: the CLI shows them (solver/console.py)
 MAX_LOGPROBS = 32  # at least 26 letters; what the engine is started to allow
@@ -101,7 +101,7 @@ def replica_of(key: str, n: int) -> int:
 
 def model_and_adapter(cfg: BackboneConfig) -> tuple[str, str | None]:
     """(the model vLLM loads, the adapter it applies or None): with `merge_lora`, the
-    adapter merged into the model once (solver.models.merged_model) and none applied."""
+    adapter merged into the model once (backends.models.merged_model) and none applied."""
     path = resolve_model(cfg.model)
     adapter = resolve_adapter(cfg.lora) if cfg.lora else None
     if adapter and cfg.merge_lora:
@@ -246,7 +246,7 @@ class ServerBackbone(Backbone):
     @staticmethod
     def _served_url(cfg: BackboneConfig) -> str:
         """No base_url: the server `solver serve` started for this backbone."""
-        from solver.served import registry_dir, served
+        from backends.served import registry_dir, served
 
         entry = served(cfg.label)
         if entry is None:
