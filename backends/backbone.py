@@ -18,10 +18,18 @@ from abc import ABC, abstractmethod
 from functools import cached_property
 from pathlib import Path
 
-from core.config import BackboneConfig
-from backends.hardware import (available_gb, cpu_engine_env, cpu_has_bf16, cuda_capability, environ, kv_cache_gb,
-                             library_defaults, pick_dtype)
+from backends.hardware import (
+    available_gb,
+    cpu_engine_env,
+    cpu_has_bf16,
+    cuda_capability,
+    environ,
+    kv_cache_gb,
+    library_defaults,
+    pick_dtype,
+)
 from backends.models import adapter_config, locate_model, merged_model, resolve_adapter, resolve_model
+from core.config import BackboneConfig
 
 log = logging.getLogger(__name__)  # warnings the user can act on: the CLI shows them (solver/console.py)
 MAX_LOGPROBS = 32  # at least 26 letters; what the engine is started to allow
@@ -116,11 +124,12 @@ def lora_rank(adapter: str) -> int:
 
 
 class Backbone(ABC):
-    """Three things: a name, a tokenizer with its context length, and `choose`."""
+    """Three things: a label, a tokenizer with its context length, and `choose`."""
 
     def __init__(self, cfg: BackboneConfig):
         self.cfg = cfg
-        self.name = cfg.served_name or cfg.model
+        self.label = cfg.label  # the one name votes, traces and errors use
+        self.model_id = cfg.served_name or cfg.model  # what a server is asked for
         self.max_model_len = cfg.max_model_len
         self.dtype = run_dtype(cfg)
         self._decoded: dict[int, str] = {}
@@ -176,7 +185,7 @@ class EngineBackbone(Backbone):
             from vllm.lora.request import LoRARequest
 
             lora = dict(enable_lora=True, max_lora_rank=lora_rank(adapter))
-            self.lora_request = LoRARequest(self.name, 1, str(Path(adapter).resolve()))
+            self.lora_request = LoRARequest(self.label, 1, str(Path(adapter).resolve()))
         args = lora | dict(
             model=path,
             tokenizer=resolve_model(cfg.tokenizer) if cfg.tokenizer else path,
@@ -263,7 +272,7 @@ class ServerBackbone(Backbone):
     async def _one(self, client, sem, prompt, opts):
         async with sem:
             resp = await client.completions.create(
-                model=self.name,
+                model=self.model_id,
                 prompt=prompt,
                 max_tokens=1,
                 temperature=0.0,
@@ -289,7 +298,7 @@ class ServerBackbone(Backbone):
             try:
                 return await asyncio.gather(*(self._one(client, sem, p, o) for p, o in zip(prompts, options)))
             except openai.OpenAIError as e:
-                raise BackboneError(f"backbone '{self.name}' at {url}: {type(e).__name__}: {e}") from None
+                raise BackboneError(f"backbone '{self.label}' at {url}: {type(e).__name__}: {e}") from None
 
     async def achoose(self, prompts, options, keys=None):
         """Each replica's share at once; the replies in the prompts' order."""

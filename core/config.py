@@ -63,8 +63,9 @@ class BackboneConfig(Strict):
 
     @property
     def label(self) -> str:
-        """The short name a voter, a trace and `solver serve` know it by."""
-        return self.served_name or Path(self.model).stem.split("/")[-1]
+        """The one name a backbone goes by (votes, traces, errors, `solver serve`): its
+        served_name, else the model's last path part, dots kept (a .gguf file without it)."""
+        return self.served_name or self.model.rstrip("/").rsplit("/", 1)[-1].removesuffix(".gguf")
 
 
 class AnswerConfig(Strict):
@@ -229,6 +230,9 @@ class SolverConfig(Strict):
                              "retrieve.enabled")
         if self.answer.shots and not (self.graph.enabled and self.retrieve.enabled):
             raise ValueError("answer.shots takes its examples from retrieve, which needs graph.enabled and retrieve.enabled")
+        if self.vote.rule == "pool" and not self.vote.labelled and all(self.vote.weights.get(x, 1.0) == 0 for x in labels):
+            raise ValueError(f"vote.weights: every backbone's pool weight is 0 ({', '.join(labels)}): the pooled "
+                             "probabilities would be uniform and every answer the first option")
         return self
 
     @property
@@ -267,11 +271,20 @@ class ConfigError(UserError):
     """A one-line complaint about a config file."""
 
 
-def load_config(path: str | Path | None = None, model: type[BaseModel] = SolverConfig):
-    """Defaults when `path` is None; otherwise the YAML file, validated as `model`."""
-    if path is None:
-        return model()
-    path = Path(path)
+def merged(base: dict, over: dict) -> dict:
+    """`over` on top of `base`: mappings merge key by key, anything else (a list, a value) is
+    replaced; `backbone` and `backbones` name one thing, so either replaces both."""
+    if {"backbone", "backbones"} & over.keys():
+        base = {k: v for k, v in base.items() if k not in ("backbone", "backbones")}
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A config file's mapping, on top of the files its `include:` names (one or a list, paths
+    relative to it, later ones winning), so a config states only what differs from its base."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
@@ -280,6 +293,22 @@ def load_config(path: str | Path | None = None, model: type[BaseModel] = SolverC
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    includes = raw.pop("include", [])
+    base: dict = {}
+    for name in [includes] if isinstance(includes, str) else includes:
+        part = path.parent / name
+        if not part.is_file() or part.resolve() in (*seen, path.resolve()):
+            raise ConfigError(f"{path}: include '{name}': {'includes itself' if part.is_file() else 'no such config file'}")
+        base = merged(base, read_yaml(part, (*seen, path.resolve())))
+    return merged(base, raw)
+
+
+def load_config(path: str | Path | None = None, model: type[BaseModel] = SolverConfig):
+    """Defaults when `path` is None; otherwise the YAML file (with what it includes), validated as `model`."""
+    if path is None:
+        return model()
+    path = Path(path)
+    raw = read_yaml(path)
     if "name" in model.model_fields:
         raw.setdefault("name", path.stem)
     try:

@@ -30,8 +30,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.config import load_config  # noqa: E402
 from backends.hardware import machine, pick_dtype  # noqa: E402
+from core.config import load_config, read_yaml  # noqa: E402
 
 
 def solver_cmd(code: Path, *args: str) -> list[str]:
@@ -86,7 +86,7 @@ def main():
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    raw = yaml.safe_load(Path(args.config).read_text())
+    raw = read_yaml(Path(args.config))  # with what it includes
     raw.setdefault("answer", {})["orders"] = args.orders
     cfg, inv = out / "config.yaml", out / "invariant.yaml"
     cfg.write_text(yaml.safe_dump(every_backbone(raw, dtype=args.dtype)))

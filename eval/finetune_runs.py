@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from core.config import read_yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,7 +43,7 @@ def main():
     ap.add_argument("variants", nargs="+")
     args = ap.parse_args()
 
-    base = yaml.safe_load(Path(args.config).read_text())
+    base = read_yaml(Path(args.config))  # with what it includes
     rows = []
     for variant in args.variants:
         name, _, overrides = variant.partition(":")

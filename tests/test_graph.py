@@ -7,11 +7,11 @@ import subprocess
 
 import pytest
 
-from index.store import Index
-from solver.api import Solver
+from backends.hardware import pick_dtype
 from core.config import SolverConfig
 from core.data import load_questions
-from backends.hardware import pick_dtype
+from index.store import Index
+from solver.api import Solver
 from tests.conftest import PROB_TOL, SAMPLE, SMALL, interrupt, questions_file, run_cmd
 
 pytestmark = pytest.mark.slow  # starts a vLLM engine or server, or runs the CLI in its own process
@@ -42,7 +42,7 @@ def test_graph_end_to_end(engine_solver, sample_index):
     assert preds[0].letter == want and [t["step"] for t in preds[0].trace] == ["retrieve", "decide", "cost"]
     assert all("vote" in [t["step"] for t in p.trace] for p in preds[1:])  # the voters (two orders) answered
     # one batched LLM call per step (answer, verify, re-answer), not one per question
-    assert solver.graph.batcher.calls[solver.backbone.name] <= 3 and solver.graph.batcher.calls["index"] == 1
+    assert solver.graph.batcher.calls[solver.backbone.label] <= 3 and solver.graph.batcher.calls["index"] == 1
     verify = [t for p in preds for t in p.trace if t["step"] == "verify"]
     assert verify and all(0.0 <= t["p_true"] <= 1.0 for t in verify)
     # again, on the engine that has seen these prompts (its prefix cache): the same numbers
@@ -75,9 +75,9 @@ def test_debiased_pool_vote_on_the_engine(engine_solver):
     """vote.debias (source run): a seeded share of the batch answered in every cyclic order
     gives the backbone's position prior, which every answer is divided by, and those
     questions' cost says so; the pool combines what is left, with the config's weight."""
+    from core.prompts import answer_prompt
     from graphs.debias import debias, sample
     from graphs.vote import pool
-    from core.prompts import answer_prompt
 
     cfg = SolverConfig.model_validate({"backbone": SMALL, "answer": {"orders": 2}, "graph": {"enabled": True},
                                        "vote": {"rule": "pool", "weights": {"smollm2-135m-instruct": 0.5},
