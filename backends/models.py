@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 from backends import registry
+from backends.registry import ModelError
 from core.cache import cache_path
 from core.journal import atomic_dir, sha256_file
-from backends.registry import ModelError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 __all__ = ["DEFAULT_MODEL", "ModelError", "adapter_config", "locate_model", "merged_model", "resolve_adapter",

@@ -11,10 +11,10 @@ import urllib.request
 from pathlib import Path
 
 from backends.backbone import MAX_LOGPROBS, engine_dtype, engine_limits, lora_rank, model_and_adapter
-from core.config import BackboneConfig
 from backends.hardware import cpu_engine_env, cuda_capability
 from backends.models import resolve_model
 from backends.served import register, registry_dir, served, unregister
+from core.config import BackboneConfig
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -86,8 +86,8 @@ def main():
 
     import yaml
 
-    from index.cached import cached_index
     from core.config import load_config, with_labelled
+    from index.cached import cached_index
 
     cfg = with_labelled(load_config(args.config), args.data, held_out=True)[0]  # retrieval: split train only
     out = Path(args.out)

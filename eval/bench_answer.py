@@ -84,13 +84,13 @@ def main():
     from vllm import SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
-    from solver.api import Solver
     from backends.backbone import MAX_LOGPROBS
-    from core.config import load_config, with_labelled
     from backends.hardware import describe
     from backends.models import resolve_model
+    from core.config import load_config, with_labelled
     from core.journal import Journal
     from core.prompts import answer_prompt
+    from solver.api import Solver
     from solver.runner import answer_all
 
     cfg = with_labelled(load_config(args.config), args.data, held_out=True)[0]  # retrieval: split train only

@@ -24,13 +24,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from report import Timer, bench_file, labelled  # noqa: E402
+
+from backends.hardware import machine  # noqa: E402
+from core.config import ExecuteConfig  # noqa: E402
 from execution import sandbox  # noqa: E402
 from execution.evidence import evidence  # noqa: E402
 from execution.recognise import job_for  # noqa: E402
-from core.config import ExecuteConfig  # noqa: E402
-from backends.hardware import machine  # noqa: E402
-
-from report import Timer, bench_file, labelled  # noqa: E402
 
 
 def main():

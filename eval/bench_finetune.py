@@ -31,13 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from report import Timer, labelled  # noqa: E402
 
+from backends.models import resolve_model  # noqa: E402
 from finetune.activations import ActivationCache  # noqa: E402
 from finetune.config import FinetuneConfig  # noqa: E402
 from finetune.data import build_examples  # noqa: E402
-from finetune.train import Collate, answer_logits, items, answer_loss, load_for_training, torch_dtype  # noqa: E402
-from report import Timer, labelled  # noqa: E402
-from backends.models import resolve_model  # noqa: E402
+from finetune.train import Collate, answer_logits, answer_loss, items, load_for_training, torch_dtype  # noqa: E402
 
 
 def batches(examples, size: int) -> list[list[dict]]:

@@ -32,9 +32,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
 
+    from core.config import load_config, with_labelled
     from graphs.build import GraphRunner
     from solver.api import Solver
-    from core.config import load_config, with_labelled
 
     cfg = with_labelled(load_config(args.config), args.data, held_out=True)[0]  # retrieval: split train only
     questions = labelled(args.data, "dev", args.n)

@@ -41,13 +41,12 @@ sys.path.insert(0, str(ROOT))
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
-
-from index.embed import embed_texts, load_embedder, embedding_text  # noqa: E402
-from backends.hardware import cpu_has_bf16, describe, pick_dtype  # noqa: E402
-from index.store import DEFAULT_EF_SEARCH, DEFAULT_NPROBE, Index, ivf_nlist, make_index  # noqa: E402
-from core.data import load_questions  # noqa: E402
-
 from report import Timer, bench_file, labelled  # noqa: E402
+
+from backends.hardware import cpu_has_bf16, describe, pick_dtype  # noqa: E402
+from core.data import load_questions  # noqa: E402
+from index.embed import embed_texts, embedding_text, load_embedder  # noqa: E402
+from index.store import DEFAULT_EF_SEARCH, DEFAULT_NPROBE, Index, ivf_nlist, make_index  # noqa: E402
 
 
 def pct(xs, p):

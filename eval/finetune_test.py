@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.data import in_split, load_questions  # noqa: E402
-from solver.runner import wilson  # noqa: E402
 from core.types import Prediction  # noqa: E402
+from solver.runner import wilson  # noqa: E402
 
 
 def main():

@@ -31,14 +31,14 @@ import lightgbm as lgb
 import numpy as np
 from report import ROOT, Timer, bench_file, interval_text, labelled
 
-from execution.recognise import KINDS, kind_of
-from graphs.features import FEATURES, Evidence, matrix, names_in
-from graphs.priors import OptionPriors, fold_of, out_of_fold
-from index.cached import cached_index
 from core.cache import cache_path
 from core.data import split_of
 from core.journal import sha256_file
 from core.types import LETTERS
+from execution.recognise import KINDS, kind_of
+from graphs.features import FEATURES, Evidence, matrix, names_in
+from graphs.priors import OptionPriors, fold_of, out_of_fold
+from index.cached import cached_index
 
 GROUPS = ["kind", "text", "prior", "shape", "retrieval"]
 SETS = {  # name: (groups, features left out)

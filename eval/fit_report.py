@@ -25,6 +25,9 @@ from pathlib import Path
 import numpy as np
 from report import ROOT, Timer, bench_file, interval_text, labelled
 
+from core.cache import cache_path
+from core.config import load_config, with_labelled
+from core.journal import Journal
 from execution.recognise import KINDS, kind_of
 from graphs.features import Evidence, evidence_of
 from graphs.fit import collect
@@ -32,9 +35,6 @@ from graphs.nodes import neighbours_for
 from graphs.priors import OptionPriors, fold_of
 from graphs.ranker import Fitted, per_kind
 from index.cached import cached_index
-from core.cache import cache_path
-from core.config import load_config, with_labelled
-from core.journal import Journal
 from solver.runner import fingerprint
 
 VARIANTS = {  # name: feature groups (None: the rules decide)

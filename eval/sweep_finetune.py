@@ -30,10 +30,10 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "eval" / "results" / "finetune"))
     args = ap.parse_args()
 
-    from finetune.config import FinetuneConfig
-    from finetune.train import finetune
     from backends.backbone import make_backbone
     from core.config import load_config
+    from finetune.config import FinetuneConfig
+    from finetune.train import finetune
     from solver.runner import wilson
 
     cfg = load_config(args.config, FinetuneConfig)

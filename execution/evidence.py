@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from core.types import Question
 from execution.recognise import COMPILE_OPTION, ERROR_OPTION, Job
 from execution.sandbox import java_class
-from core.types import Question
 
 STOPPED = ("timeout", "killed")  # a run a limit ended: no evidence either way
 

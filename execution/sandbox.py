@@ -40,9 +40,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from execution import cgroups
 from core.cache import cache_path
 from core.journal import atomic_write
+from execution import cgroups
 
 PATH = "/usr/bin:/bin"  # the only tools a run sees; /usr/local lives under /usr
 ENV = {"PATH": PATH, "HOME": "/tmp", "LANG": "C.UTF-8"}

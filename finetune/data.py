@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from finetune.config import FinetuneConfig
-from core.data import DataError, in_split, load_questions
 from backends.models import ModelError
+from core.data import DataError, in_split, load_questions
 from core.prompts import PromptTooLong, answer_prompt
 from core.types import LETTERS, Question
+from finetune.config import FinetuneConfig
 
 
 @dataclass

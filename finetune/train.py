@@ -28,15 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from backends.hardware import pick_dtype
+from backends.models import merge_adapter, resolve_model
+from core.cache import cache_path
+from core.data import DataError
+from core.journal import atomic_dir, atomic_write, sha256_file
+from core.types import UserError
 from finetune.activations import ActivationCache, decoder_layers, starting_at
 from finetune.config import FinetuneConfig
 from finetune.data import Example, build_examples, load_splits, retrieved_shots
-from core.cache import cache_path
-from core.data import DataError
-from backends.hardware import pick_dtype
-from core.journal import atomic_dir, atomic_write, sha256_file
-from backends.models import merge_adapter, resolve_model
-from core.types import UserError
 
 StageProgress = Callable[[str, int, int], None]  # (stage, done, total): the caller draws it
 

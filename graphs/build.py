@@ -7,15 +7,15 @@ import logging
 
 from langgraph.graph import END, START, StateGraph
 
+from backends.backbone import run_coroutine
+from core.config import SolverConfig
+from core.types import Cost, Prediction, Question
 from execution import sandbox
 from graphs import routing as R
 from graphs.batcher import StepBatcher
 from graphs.nodes import ballots, found_in, make_nodes, neighbours_for
 from graphs.state import State
 from graphs.vote import weighted
-from backends.backbone import run_coroutine
-from core.config import SolverConfig
-from core.types import Cost, Prediction, Question
 
 
 def enabled_nodes(cfg: SolverConfig) -> list[str]:

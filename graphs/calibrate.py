@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from graphs.debias import Prior, cyclic, estimate, sample
 from backends.backbone import BackboneError
 from core.cache import cache_path
 from core.config import SolverConfig, votes_only
@@ -25,6 +24,7 @@ from core.data import DataError, in_split, load_questions
 from core.journal import atomic_write, sha256_file
 from core.prompts import PromptTooLong, answer_prompt
 from core.types import Question, top_letter
+from graphs.debias import Prior, cyclic, estimate, sample
 
 
 def _cache(path: Path, what: str, key: object) -> Path:

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from execution.recognise import KINDS, code_of, kind_of
-from graphs.priors import OptionPriors
-from index.embed import normalise, normalise_option
 from core.config import DecideConfig
 from core.prompts import question_text
 from core.types import LETTERS, Found, Question
+from execution.recognise import KINDS, code_of, kind_of
+from graphs.priors import OptionPriors
+from index.embed import normalise, normalise_option
 
 
 @dataclass(frozen=True)

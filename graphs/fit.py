@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.config import SolverConfig
+from core.types import Prediction, Progress, Question
 from execution.recognise import kind_of
 from graphs.features import Evidence, evidence_of
 from graphs.nodes import neighbours_for
 from graphs.priors import out_of_fold
-from graphs.ranker import Fitted, FitError
-from core.config import SolverConfig
-from core.types import Prediction, Progress, Question
+from graphs.ranker import FitError, Fitted
 
 
 def fittable(cfg: SolverConfig) -> None:

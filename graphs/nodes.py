@@ -21,6 +21,9 @@ that call, never the run: the trace says which backbone failed and why.
 
 from __future__ import annotations
 
+from backends.backbone import BackboneError
+from core.prompts import VERDICTS, PromptTooLong, answer_prompt, verify_prompt
+from core.types import Found, Question, top_letter, voter
 from execution.evidence import evidence
 from execution.recognise import job_for, kind_of
 from graphs import vote as V
@@ -28,9 +31,6 @@ from graphs.debias import debias
 from graphs.features import evidence_of
 from graphs.priors import OptionPriors
 from graphs.routing import current, decide, has_examples, option_order, settled_by_run, verify_update
-from backends.backbone import BackboneError
-from core.prompts import VERDICTS, PromptTooLong, answer_prompt, verify_prompt
-from core.types import Found, Question, top_letter, voter
 
 
 def neighbours_for(index, questions: list[Question], k: int, progress=None) -> list[list[tuple[str, float]]]:

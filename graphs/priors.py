@@ -14,8 +14,8 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable
 
-from index.embed import normalise_option
 from core.types import LETTERS, Question
+from index.embed import normalise_option
 
 
 def contribution(q: Question) -> tuple[set[str], str]:

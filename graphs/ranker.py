@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from core.config import SolverConfig
+from core.journal import atomic_dir, sha256_file
+from core.types import LETTERS, UserError, top_letter, voter
 from execution.recognise import KINDS
 from graphs.features import LLM_GROUPS, VOTER, Evidence, matrix, names_in, voter_features
 from graphs.priors import fold_of
 from graphs.routing import voters
-from core.config import SolverConfig
-from core.journal import atomic_dir, sha256_file
-from core.types import LETTERS, UserError, top_letter, voter
 
 FORMAT = 1
 FILES = ("ranker.txt", "gate.txt")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from index.embed import DEFAULT_MODEL
-from index.store import Index
+from backends.hardware import pick_dtype
 from core.cache import cache_path
 from core.data import DataError, in_split, load_questions
-from backends.hardware import pick_dtype
 from core.journal import sha256_file
+from index.embed import DEFAULT_MODEL
+from index.store import Index
 
 
 def cached_index(data: str, split: str | None = None, model: str = DEFAULT_MODEL) -> Index:

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+
 from backends import registry
 from backends.hardware import DTYPES, pick_dtype
 from core.prompts import question_text

@@ -22,10 +22,19 @@ import faiss
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from index.embed import DEFAULT_MODEL, canonical_name, dimension, embed_texts, get_model, normalise, normalise_option, embedding_text
 from backends.hardware import pick_dtype
 from core.journal import atomic_dir, sha256_file
 from core.types import LETTERS, Progress, Question, UserError
+from index.embed import (
+    DEFAULT_MODEL,
+    canonical_name,
+    dimension,
+    embed_texts,
+    embedding_text,
+    get_model,
+    normalise,
+    normalise_option,
+)
 
 KINDS = ("auto", "flat", "ivf", "hnsw")
 AUTO_THRESHOLD = 100_000  # auto: exact below this many vectors (flat is ~6 ms/query at 100k on 1 CPU core), IVF from it

@@ -16,12 +16,12 @@ from collections import Counter
 from pathlib import Path
 
 from backends.backbone import Backbone, check_backbone, make_backbone
+from backends.hardware import library_defaults, machine
 from core.cache import cache_path
 from core.config import SolverConfig, as_graph, load_config, with_labelled
-from solver.console import chatter_to_log
 from core.data import DataError
-from backends.hardware import library_defaults, machine
 from core.types import Prediction, Question, backbone_of
+from solver.console import chatter_to_log
 
 
 def preflight(run: SolverConfig, given: dict | None = None) -> None:

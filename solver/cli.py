@@ -14,28 +14,28 @@ from typing import Optional
 
 import typer
 
-from solver.index_cli import app as index_app
 from backends.backbone import run_dtype
+from backends.hardware import library_defaults, machine
+from backends.models import resolve_model
 from core.cache import cache_path
 from core.config import as_graph, load_config, with_labelled
+from core.data import DataError, in_split, load_questions
+from core.journal import Journal, atomic_write, submission_csv, traces_jsonl
 from solver.console import (
     chatter_to_log,
     err,
     fail,
+    interrupted_at_exit,
     log_note,
     out,
     progress_bar,
-    interrupted_at_exit,
     progress_callback,
     rate,
     reported,
     skipped_note,
     warn,
 )
-from core.data import DataError, in_split, load_questions
-from backends.hardware import library_defaults, machine
-from core.journal import Journal, atomic_write, submission_csv, traces_jsonl
-from backends.models import resolve_model
+from solver.index_cli import app as index_app
 from solver.runner import answer_all, fingerprint, score
 
 LABELLED = typer.Option(None, "--labelled", "-l", help="Your solved questions (CSV, JSONL or parquet, with answers): "

@@ -11,9 +11,9 @@ from typing import Optional
 
 import typer
 
+from core.data import load_questions
 from index.embed import DEFAULT_MODEL
 from solver.console import err, out, progress_callback, reported, skipped_note
-from core.data import load_questions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 from backends.backbone import BackboneError
-from solver.console import progress_bar
 from core.journal import Journal, sha256_file
 from core.types import Prediction, Question
+from solver.console import progress_bar
 
 
 def fingerprint(data_path: Path, config_json: str) -> str:

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from backends.backbone import Backbone
-from core.cache import root
 from backends.hardware import library_defaults
+from core.cache import root
 
 library_defaults()
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -103,8 +103,8 @@ def shown(prompt: str, text: str) -> str:
 
 @pytest.fixture(scope="session")
 def engine_solver():
-    from solver.api import Solver
     from core.config import SolverConfig
+    from solver.api import Solver
 
     solver = Solver(SolverConfig.model_validate({"backbone": SMALL}))
     yield solver

@@ -10,8 +10,8 @@ import os
 import signal
 import sys
 
-from solver.cli import main
 from core.journal import Journal
+from solver.cli import main
 
 plan = {n if n == "exit" else int(n): getattr(signal, name)
         for n, name in (item.split(":") for item in sys.argv[1].split(","))}

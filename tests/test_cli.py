@@ -11,9 +11,9 @@ import pytest
 from rich.progress import Progress
 from typer.testing import CliRunner
 
+from backends.registry import MODELS, location
 from solver import console
 from solver.cli import app
-from backends.registry import MODELS, location
 from tests.conftest import ROOT
 
 GOOD = "task_id,question,choices\nq1,Question: ok?,\"['a', 'b']\"\n"

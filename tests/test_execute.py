@@ -3,10 +3,10 @@ sandboxed run says about the options (fixtures of our own)."""
 
 import pytest
 
+from core.types import Question
 from execution import sandbox
 from execution.evidence import evidence, tokens
 from execution.recognise import call_examples, job_for
-from core.types import Question
 
 C = Question(task_id="c", question="Question: What will be the output of the following C code?\n#include <stdio.h>\n"
              "int main() {\n    int a = 1, b = 3;\n    b = a++ + a++;\n    printf(\"a=%d \\n b=%d\", a, b);\n    return 0;\n}",
@@ -132,8 +132,8 @@ def test_hostile_code_in_a_compile_check_or_an_option_body_escapes_nothing(tmp_p
 def test_graph_settles_runnable_questions_without_the_llm(engine_solver, tmp_path, monkeypatch):
     """The execute step in the compiled graph: a settled question costs no LLM call; the
     others are answered as before; a hostile snippet, run through the graph, escapes nothing."""
-    from solver.api import Solver
     from core.config import SolverConfig
+    from solver.api import Solver
     from tests.conftest import SMALL
 
     if sandbox.available() is None:

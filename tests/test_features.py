@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
+from core.types import Question
 from execution.recognise import kind_of
 from graphs.features import FEATURES, Evidence, matrix
 from graphs.priors import OptionPriors
-from core.types import Question
 
 
 def q(text, choices, answer=None, task_id="t0"):

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from backends.models import resolve_model
+from core.config import ConfigError, load_config
+from core.data import DataError, load_questions, split_of
+from core.prompts import answer_prompt
+from core.types import UserError
 from finetune.activations import ActivationCache
 from finetune.config import FinetuneConfig
 from finetune.data import build_examples, letter_token_ids
 from finetune.train import Collate, answer_loss, finetune, items, load_for_training
-from core.config import ConfigError, load_config
-from core.data import DataError, load_questions, split_of
-from backends.models import resolve_model
-from core.prompts import answer_prompt
-from core.types import UserError
 from tests.conftest import SAMPLE
 
 pytestmark = pytest.mark.slow  # trains, and starts vLLM engines and servers
@@ -334,9 +334,9 @@ def test_vllm_answers_with_a_top_layers_adapter_through_a_server_and_merged_in_p
 
     with safe_open(str(trained / "adapter" / "adapter_model.safetensors"), "pt") as f:
         assert {k.split(".layers.")[1].split(".")[0] for k in f.keys()} == {"26", "27", "28", "29"}
-    from solver.api import Solver
-    from core.config import BackboneConfig, SolverConfig
     from backends.server import start_server, stop_server
+    from core.config import BackboneConfig, SolverConfig
+    from solver.api import Solver
     from tests.conftest import SMALL
 
     qs = questions[:6]

@@ -9,12 +9,12 @@ import json
 import numpy as np
 import pytest
 
+from core.config import SolverConfig, load_config
+from core.data import in_split, load_questions
 from execution.recognise import kind_of
 from graphs.features import Evidence, matrix
 from graphs.priors import out_of_fold
 from graphs.ranker import FitError, Fitted, Table, feature_names, gate_thresholds
-from core.config import SolverConfig, load_config
-from core.data import in_split, load_questions
 from tests.conftest import ROOT
 
 N = 400  # questions of split train: a fit in about a second, folds of 80
@@ -170,9 +170,9 @@ def test_the_fitted_decision_on_the_real_engine_gives_the_same_csv_whole_and_res
     the votes): the same questions answered whole, and again as a killed and resumed run
     answers them (a batch, then the rest in another solver, as `solver run` resumes from its
     journal), give the same CSV byte for byte; some questions were decided by the ranker."""
+    from core.journal import submission_csv
     from index.store import Index
     from solver.api import Solver
-    from core.journal import submission_csv
     from tests.conftest import SMALL
 
     run = SolverConfig.model_validate({"backbone": SMALL, "graph": {"enabled": True},

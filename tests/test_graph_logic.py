@@ -5,12 +5,12 @@ their own tests (test_engine.py, test_graph.py, test_vote.py, ...)."""
 
 import pytest
 
-from solver.api import Solver
 from core.config import SolverConfig
 from core.journal import Journal
 from core.prompts import VERDICTS
-from solver.runner import answer_all
 from core.types import Question
+from solver.api import Solver
+from solver.runner import answer_all
 from tests.conftest import Scripted, shown
 
 RIGHT = "the right one"

@@ -12,11 +12,10 @@ from typer.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from index.embed import embed_texts, get_model, normalise, normalise_option, embedding_text  # noqa: E402
-from index.store import Index, IndexBuildError, IndexLoadError, ivf_nlist, make_index  # noqa: E402
 from core.data import load_questions  # noqa: E402
 from core.types import LETTERS, Question  # noqa: E402
-
+from index.embed import embed_texts, embedding_text, get_model, normalise, normalise_option  # noqa: E402
+from index.store import Index, IndexBuildError, IndexLoadError, ivf_nlist, make_index  # noqa: E402
 from tests.conftest import SAMPLE  # noqa: E402
 
 OWN = [  # made-up rows beside the 30 shipped ones

@@ -3,11 +3,11 @@ chosen by its task_id, and the letters are those of one server."""
 
 import pytest
 
-from solver.api import Solver
 from backends.backbone import BackboneError, ServerBackbone, replica_of, run_dtype
+from backends.server import free_port
 from core.config import BackboneConfig, ConfigError, SolverConfig, load_config
 from core.data import load_questions
-from backends.server import free_port
+from solver.api import Solver
 from tests.conftest import PROB_TOL, SAMPLE, SMALL
 
 

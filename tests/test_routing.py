@@ -2,11 +2,11 @@
 
 import asyncio
 
+from core.config import BackboneConfig, SolverConfig
+from core.types import Question, top_letter
 from graphs import routing as R
 from graphs.batcher import StepBatcher
 from graphs.build import enabled_nodes, mermaid
-from core.config import BackboneConfig, SolverConfig
-from core.types import Question, top_letter
 
 Q = Question(task_id="t", question="q", choices=["a", "b", "c", "d"])
 

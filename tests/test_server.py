@@ -6,11 +6,11 @@ import subprocess
 
 import pytest
 
-from solver.api import Solver
 from backends.backbone import BackboneError, ServerBackbone
+from backends.server import free_port
 from core.config import BackboneConfig, SolverConfig
 from core.data import load_questions
-from backends.server import free_port
+from solver.api import Solver
 from tests.conftest import PROB_TOL, SAMPLE, SMALL, run_cmd
 
 pytestmark = pytest.mark.slow  # starts a vLLM engine or server, or runs the CLI in its own process

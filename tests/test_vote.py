@@ -12,9 +12,9 @@ import subprocess
 
 import pytest
 
-from solver.api import Solver
 from core.config import load_config
 from core.data import load_questions
+from solver.api import Solver
 from tests.conftest import SAMPLE, answers_in, faulty, questions_file, run_cmd
 
 pytestmark = pytest.mark.slow  # starts a vLLM engine or server, or runs the CLI in its own process

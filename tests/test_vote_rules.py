@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from graphs import vote as V
 from core.types import top_letter
+from graphs import vote as V
 
 L4 = ["A", "B", "C", "D"]
 
