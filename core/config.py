@@ -139,7 +139,7 @@ class ReanswerConfig(Strict):
 
 
 class DebiasConfig(Strict):
-    """PriDe (graphs/debias.py): each backbone's prior over option positions, estimated from
+    """PriDe (graphs/vote.py): each backbone's prior over option positions, estimated from
     questions answered in every cyclic order, divided out of every answer of that backbone."""
 
     # none; run: a seeded share of the run's own questions (no labels needed); file: the
@@ -229,8 +229,10 @@ class SolverConfig(Strict):
             raise ValueError("decide.fitted reads the labelled questions retrieve indexes: it needs graph.enabled and "
                              "retrieve.enabled")
         if self.answer.shots and not (self.graph.enabled and self.retrieve.enabled):
-            raise ValueError("answer.shots takes its examples from retrieve, which needs graph.enabled and retrieve.enabled")
-        if self.vote.rule == "pool" and not self.vote.labelled and all(self.vote.weights.get(x, 1.0) == 0 for x in labels):
+            raise ValueError("answer.shots takes its examples from retrieve, which needs graph.enabled and "
+                             "retrieve.enabled")
+        if self.vote.rule == "pool" and not self.vote.labelled and all(self.vote.weights.get(x, 1.0) == 0
+                                                                       for x in labels):
             raise ValueError(f"vote.weights: every backbone's pool weight is 0 ({', '.join(labels)}): the pooled "
                              "probabilities would be uniform and every answer the first option")
         return self
@@ -298,7 +300,8 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     for name in [includes] if isinstance(includes, str) else includes:
         part = path.parent / name
         if not part.is_file() or part.resolve() in (*seen, path.resolve()):
-            raise ConfigError(f"{path}: include '{name}': {'includes itself' if part.is_file() else 'no such config file'}")
+            raise ConfigError(f"{path}: include '{name}': "
+                              f"{'includes itself' if part.is_file() else 'no such config file'}")
         base = merged(base, read_yaml(part, (*seen, path.resolve())))
     return merged(base, raw)
 
@@ -322,7 +325,8 @@ def load_config(path: str | Path | None = None, model: type[BaseModel] = SolverC
         raise ConfigError(f"{path}: field '{where}': {err['msg']}" if where else f"{path}: {err['msg']}") from None
 
 
-def with_labelled(cfg: SolverConfig, labelled: str | Path | None, held_out: bool = False) -> tuple[SolverConfig, str | None]:
+def with_labelled(cfg: SolverConfig, labelled: str | Path | None,
+                  held_out: bool = False) -> tuple[SolverConfig, str | None]:
     """(the config with `labelled` as retrieve's solved questions, a note for the user or None).
 
     `held_out`: the questions answered are a hash split (dev, test) of that same file, so

@@ -12,12 +12,8 @@ recorded calls straight into the backbone, one call per step. Target: at most 1.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 from pathlib import Path
-
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,11 +38,12 @@ def main():
     runner = solver.graph  # builds or loads the index
     recorded = []  # (backbone label, requests) of every batched LLM call, in order
     for label, handler in [(k, h) for k, h in runner.batcher.handlers.items() if k in solver.backbones]:
-        runner.batcher.handlers[label] = lambda reqs, label=label, h=handler: recorded.append((label, list(reqs))) or h(reqs)
+        runner.batcher.handlers[label] = (lambda reqs, label=label, h=handler:
+                                          recorded.append((label, list(reqs))) or h(reqs))
     runner.run(questions)  # record, and warm up
 
     def graph():
-        GraphRunner(cfg, solver.backbones, runner.index, runner.confusion).run(questions)
+        GraphRunner(cfg, solver.backbones, runner.index, runner.calibration).run(questions)
 
     def replay():
         for label, reqs in recorded:

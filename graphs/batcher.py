@@ -3,7 +3,7 @@
 Each question runs through the graph as its own coroutine, and its nodes may run side by
 side (the vote's fan-out). A node hands its requests to the batcher and waits. Once every
 question in flight is blocked, that is, each of its running nodes waits on the batcher,
-the batcher sends all queued requests, of every kind, as one batched call per kind
+the batcher sends all queued requests, to every handler, as one batched call per handler
 (`achoose` for each backbone, `query` for the index). Questions at different steps share
 a call. A handler may be a coroutine function: the calls of several served backbones
 then overlap.
@@ -13,7 +13,7 @@ ask, and the batcher waits for it.
 
 What shares a call is a function of the questions alone, never of timing: a flush waits
 until every question in flight is blocked, so each call holds every question's next
-requests of its kind, and they go in the order of the questions (not of their arrival,
+requests of its handler, and they go in the order of the questions (not of their arrival,
 which a sandbox run in a thread or a served backbone's reply can change). In bf16 a
 prompt's numbers depend on its call-mates; this is what makes a rerun write the same letters.
 """
@@ -64,14 +64,14 @@ class StepBatcher:
             finally:
                 counts[0] -= 1
 
-        run.__name__ = getattr(fn, "__name__", "node")
+        run.__name__ = getattr(getattr(fn, "func", fn), "__name__", "node")  # a partial: its function's
         return run
 
-    async def submit(self, kind: str, items: list) -> list:
+    async def submit(self, handler: str, items: list) -> list:
         """One node's requests; returns their results in order."""
         fut = asyncio.get_running_loop().create_future()
         qid = _QUESTION.get()
-        self.queues[kind].append((qid, items, fut, self.flight[qid]))
+        self.queues[handler].append((qid, items, fut, self.flight[qid]))
         self.flight[qid][1] += 1
         self._maybe_flush()
         return await fut
@@ -84,12 +84,12 @@ class StepBatcher:
             self._flushing = True
             asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
 
-    async def _call(self, kind: str, queue: list) -> None:
+    async def _call(self, handler: str, queue: list) -> None:
         try:
-            results = self.handlers[kind]([x for _, items, _, _ in queue for x in items])
+            results = self.handlers[handler]([x for _, items, _, _ in queue for x in items])
             if inspect.isawaitable(results):
                 results = await results
-            self.calls[kind] += 1
+            self.calls[handler] += 1
         except Exception as e:  # every question waiting on this call gets the error
             for _, _, fut, _ in queue:
                 fut.set_exception(e)
@@ -100,17 +100,17 @@ class StepBatcher:
             i += len(items)
 
     async def _flush(self) -> None:
-        """Everyone is blocked: one call per kind, side by side."""
+        """Everyone is blocked: one call per handler, side by side."""
         try:
             if not self._blocked():  # a node started since the flush was scheduled
                 return
-            queues = {kind: queue for kind, queue in self.queues.items() if queue}
-            for kind, queue in queues.items():
-                self.queues[kind] = []
+            queues = {name: queue for name, queue in self.queues.items() if queue}
+            for name, queue in queues.items():
+                self.queues[name] = []
                 queue.sort(key=lambda entry: entry[0])  # by question; stable within one
                 for *_, counts in queue:
                     counts[1] -= 1
-            await asyncio.gather(*(self._call(kind, queue) for kind, queue in queues.items()))
+            await asyncio.gather(*(self._call(name, queue) for name, queue in queues.items()))
         finally:
             self._flushing = False
             self._maybe_flush()

@@ -15,7 +15,7 @@ from graphs import routing as R
 from graphs.batcher import StepBatcher
 from graphs.nodes import ballots, found_in, make_nodes, neighbours_for
 from graphs.state import State
-from graphs.vote import weighted
+from graphs.vote import RULES, Calibration
 
 
 def enabled_nodes(cfg: SolverConfig) -> list[str]:
@@ -92,12 +92,14 @@ class GraphRunner:
     and backbone (`backbones`: label -> Backbone, in the config's order). A backbone's
     requests are (prompt, options, task_id): replicated servers route by the question."""
 
-    def __init__(self, cfg: SolverConfig, backbones: dict, index=None, confusion=None, hardware: dict | None = None,
-                 priors: dict | None = None, weights: dict | None = None, extra: dict | None = None, fitted=None):
-        """`priors`, `weights`: the vote's calibration (solver/api.py); `extra`: task_id ->
-        {calls, tokens} it cost beyond the graph (the question answered in every cyclic
-        order to estimate the priors), added to that question's cost; `fitted`: the fitted
-        decision (graphs/ranker.py), which reads `index`'s labelled questions."""
+    def __init__(self, cfg: SolverConfig, backbones: dict, index=None, calibration: Calibration | None = None,
+                 hardware: dict | None = None, extra: dict | None = None, fitted=None):
+        """`calibration`: what the vote measured (graphs/calibrate.py; None: the config's
+        weights alone); `extra`: task_id -> {calls, tokens} it cost beyond the graph (the
+        question answered in every cyclic order to estimate the priors), added to that
+        question's cost; `fitted`: the fitted decision (graphs/ranker.py), which reads
+        `index`'s labelled questions."""
+        self.calibration = calibration or Calibration(weights=cfg.vote.weights)
         handlers = {label: (lambda reqs, bb=bb: bb.achoose([p for p, _, _ in reqs], [o for _, o, _ in reqs],
                                                            [k for _, _, k in reqs]))
                     for label, bb in backbones.items()}
@@ -109,17 +111,14 @@ class GraphRunner:
         if cfg.execute.enabled:  # the sandbox's runs, in a thread: LLM calls of the same step overlap them
             handlers["execute"] = lambda jobs: asyncio.to_thread(sandbox.run_jobs, jobs, cfg.execute)
             sandbox_warnings(cfg.execute)
-        handlers["vote"] = self._weighted
-        self.index, self.confusion, self.hardware, self.extra = index, confusion, hardware or {}, extra or {}
+        if RULES[cfg.vote.rule].batched:  # a rule that reads every question at this step (weighted: Dawid-Skene)
+            combine = RULES[cfg.vote.rule].combine
+            handlers["vote"] = lambda items: combine([v for _, v in items], [q.letters for q, _ in items],
+                                                     self.calibration)
+        self.index, self.hardware, self.extra = index, hardware or {}, extra or {}
         self.batcher = StepBatcher(handlers)
-        nodes = make_nodes(cfg, backbones, self.batcher, index, priors, weights, fitted)
+        nodes = make_nodes(cfg, backbones, self.batcher, index, self.calibration, fitted)
         self.graph = build_graph(cfg, {name: self.batcher.node(fn) for name, fn in nodes.items()})
-
-    def _weighted(self, items: list) -> list[dict]:
-        """The reliability-weighted vote over every question at this step: Dawid-Skene EM
-        over their answers, or the confusions estimated on labelled data if given."""
-        probs, _ = weighted([v for _, v in items], [q.letters for q, _ in items], self.confusion)
-        return probs
 
     async def _one(self, position: int, q: Question) -> dict:
         with self.batcher.question(position):

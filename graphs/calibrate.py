@@ -1,6 +1,6 @@
-"""What the vote measures before it answers: each voter's confusions or each backbone's
-pool weight on labelled questions (`vote.labelled`), and each backbone's prior over option
-positions (`vote.debias`).
+"""What the vote measures before it answers (graphs/vote.py: Calibration): each voter's
+confusions or each backbone's pool weight on labelled questions (`vote.labelled`), and each
+backbone's prior over option positions (`vote.debias`); `calibration` chooses among them.
 
 The weighted vote then trusts a voter as far as it proved right on questions with known
 answers, the pool weighs a backbone by how well its probabilities predicted their labels,
@@ -24,11 +24,12 @@ from core.data import DataError, in_split, load_questions
 from core.journal import atomic_write, sha256_file
 from core.prompts import PromptTooLong, answer_prompt
 from core.types import Question, top_letter
-from graphs.debias import Prior, cyclic, estimate, sample
+from graphs.vote import Calibration, Prior, confusion_from_labels, cyclic, estimate, fit_pool, sample
 
 
 def _cache(path: Path, what: str, key: object) -> Path:
-    return cache_path("vote", f"{what}-{hashlib.sha256(f'{sha256_file(path)} {json.dumps(key)}'.encode()).hexdigest()[:16]}.json")
+    digest = hashlib.sha256(f"{sha256_file(path)} {json.dumps(key)}".encode()).hexdigest()[:16]
+    return cache_path("vote", f"{what}-{digest}.json")
 
 
 def _questions(path: str, split: str | None, what: str) -> list[Question]:
@@ -40,13 +41,15 @@ def _questions(path: str, split: str | None, what: str) -> list[Question]:
     return qs
 
 
-def _labelled_votes(cfg: SolverConfig, backbones: dict, priors: dict | None = None) -> tuple[list[Question], list[dict]]:
+def _labelled_votes(cfg: SolverConfig, backbones: dict,
+                    priors: dict | None = None) -> tuple[list[Question], list[dict]]:
     """Every voter's answer to the labelled questions, as the run would give it; nothing else runs."""
     from graphs.build import GraphRunner
 
     v = cfg.vote
     qs = _questions(v.labelled, v.labelled_split, "vote.labelled")[: v.labelled_n]
-    runner, size = GraphRunner(votes_only(cfg), backbones, priors=priors), cfg.answer.batch_size
+    cal = Calibration(priors=priors or {}, weights=cfg.vote.weights)
+    runner, size = GraphRunner(votes_only(cfg), backbones, calibration=cal), cfg.answer.batch_size
     preds = [p for i in range(0, len(qs), size) for p in runner.run(qs[i : i + size])]
     return qs, [p.votes for p in preds]
 
@@ -58,8 +61,6 @@ def _voters_key(cfg: SolverConfig) -> list:
 
 def labelled_confusion(cfg: SolverConfig, backbones: dict) -> dict[str, np.ndarray]:
     """Each voter's confusion over top letters on the labelled questions (rule weighted)."""
-    from graphs.vote import confusion_from_labels
-
     cache = _cache(Path(cfg.vote.labelled), "confusion", _voters_key(cfg))
     if cache.is_file():
         return {k: np.array(m) for k, m in json.loads(cache.read_text()).items()}
@@ -74,8 +75,6 @@ def labelled_confusion(cfg: SolverConfig, backbones: dict) -> dict[str, np.ndarr
 def labelled_weights(cfg: SolverConfig, backbones: dict, priors: dict | None = None) -> dict[str, float]:
     """Each backbone's log-linear pool weight, fitted on the labelled questions (rule pool),
     on its answers as the vote sees them (without the position priors, if any)."""
-    from graphs.vote import fit_pool
-
     cache = _cache(Path(cfg.vote.labelled), "weights", [*_voters_key(cfg), priors])
     if cache.is_file():
         return json.loads(cache.read_text())
@@ -88,7 +87,7 @@ def labelled_weights(cfg: SolverConfig, backbones: dict, priors: dict | None = N
 
 def position_priors(cfg: SolverConfig, backbones: dict, questions: list[Question]
                     ) -> tuple[dict[str, Prior], dict[str, Counter]]:
-    """Each backbone's prior over positions (graphs/debias.py), from a seeded share of
+    """Each backbone's prior over positions (graphs/vote.py: PriDe), from a seeded share of
     `questions` (source run) or of the file's split (source file), each answered in all
     its cyclic orders; and what that cost each of the run's questions it used."""
     d = cfg.vote.debias
@@ -127,3 +126,15 @@ def position_priors(cfg: SolverConfig, backbones: dict, questions: list[Question
         cache_path("vote").mkdir(parents=True, exist_ok=True)
         atomic_write(cache, json.dumps(priors))
     return priors, extra
+
+
+def calibration(cfg: SolverConfig, backbones: dict, priors: dict | None = None) -> Calibration:
+    """What the run's vote uses: the priors given; the pool's weights, those fitted on
+    `vote.labelled` under the config's own (the config's win), else the config's; the
+    weighted rule's confusions from `vote.labelled`, else None (EM over each batch)."""
+    v = cfg.vote
+    weights = dict(v.weights)
+    if v.rule == "pool" and v.labelled:
+        weights = labelled_weights(cfg, backbones, priors) | v.weights
+    confusion = labelled_confusion(cfg, backbones) if v.rule == "weighted" and v.labelled else None
+    return Calibration(priors=priors or {}, weights=weights, confusion=confusion)

@@ -1,11 +1,12 @@
-"""The graph's nodes: each reads the state, asks the batcher, and returns an update.
+"""The graph's nodes: each a function of the question's state and the run's `Context`,
+which asks the batcher and returns an update (graphs/build.py binds them to one run).
 
 retrieve: the exact-duplicate shortcut and the nearest solved questions (no LLM).
 execute:  the question's code run in the sandbox: the options the run is consistent with (no LLM).
 answer:   one voter's probabilities: one backbone, one option order (fanned out by Send),
           without the backbone's position prior where `vote.debias` estimated one; after
           `answer.shots` solved neighbours as worked examples, if set.
-vote:     the voters' probabilities combined by `vote.rule` (graphs/vote.py).
+vote:     the voters' probabilities combined by `vote.rule` (graphs/vote.py: RULES).
 verify:   P(TRUE) that the current answer is right, from the logprobs of TRUE/FALSE.
 reanswer: answer again after solved neighbours as worked examples, without the option
           verification turned down (if `eliminate`); the first backbone, every order.
@@ -21,13 +22,15 @@ that call, never the run: the trace says which backbone failed and why.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
+
 from backends.backbone import BackboneError
 from core.prompts import VERDICTS, PromptTooLong, answer_prompt, verify_prompt
 from core.types import Found, Question, top_letter, voter
 from execution.evidence import evidence
 from execution.recognise import job_for, kind_of
 from graphs import vote as V
-from graphs.debias import debias
 from graphs.features import evidence_of
 from graphs.priors import OptionPriors
 from graphs.routing import current, decide, has_examples, option_order, settled_by_run, verify_update
@@ -52,8 +55,8 @@ def found_in(s: dict) -> Found:
 def ballots(votes: list[dict]) -> tuple[dict[str, dict[str, float]], dict[str, str], bool]:
     """The answer steps' votes as (voter -> probabilities read, voter -> why its backbone
     failed, whether a prompt was cut): what the vote combines and a Prediction reports."""
-    return ({v["voter"]: v["probs"] for v in votes if v["probs"]}, {v["voter"]: v["error"] for v in votes if v.get("error")},
-            any(v.get("cut") for v in votes))
+    return ({v["voter"]: v["probs"] for v in votes if v["probs"]},
+            {v["voter"]: v["error"] for v in votes if v.get("error")}, any(v.get("cut") for v in votes))
 
 
 def _map_back(r: dict[str, float], order: list[int], letters: list[str]) -> dict[str, float]:
@@ -64,166 +67,208 @@ def _map_back(r: dict[str, float], order: list[int], letters: list[str]) -> dict
     return probs
 
 
-def make_nodes(cfg, backbones: dict, batcher, index=None, priors: dict | None = None,
-               weights: dict[str, float] | None = None, fitted=None) -> dict:
-    """`backbones`: label -> Backbone, in the config's order; the first verifies and re-answers.
-    `priors`: label -> its position prior (graphs/debias.py); `weights`: the pool's;
-    `fitted`: the fitted decision (graphs/ranker.py), with `index` its labelled questions."""
-    first = cfg.backbone.label
-    orders = cfg.answer.orders
-    priors, weights = priors or {}, weights if weights is not None else cfg.vote.weights
+@dataclass(frozen=True)
+class Context:
+    """What a run's nodes share: the config; `backbones`, label -> Backbone in the config's
+    order (the first verifies and re-answers); the step batcher; the labelled questions'
+    index; the vote's calibration; the fitted decision (graphs/ranker.py) and the option
+    priors it reads (from the index)."""
+
+    cfg: object
+    backbones: dict
+    batcher: object
+    calibration: V.Calibration
+    index: object = None
+    fitted: object = None
+    option_priors: object = None
+
+    @property
+    def first(self) -> str:
+        return self.cfg.backbone.label
+
+
+def evidence_now(s: dict, ctx: Context, votes: dict | None = None):
+    """The question's Evidence as the graph holds it now (the votes once answered)."""
+    return evidence_of(s["question"], found_in(s), votes or {}, ctx.index.get, ctx.option_priors)
+
+
+def unbiased(ctx: Context, label: str, r: dict[str, float] | None):
+    """A reply over the view's letters (= positions) without the backbone's position prior."""
+    return V.without_prior(r, ctx.calibration.priors.get(label))
+
+
+def prompt_for(ctx: Context, label: str, q: Question, order: list[int], examples=()):
+    bb = ctx.backbones[label]
+    return answer_prompt(q.in_order(order), bb.tokenizer, bb.max_model_len, examples)
+
+
+def examples_for(s: dict, ctx: Context, k: int) -> list[Question]:
+    """The k nearest solved neighbours at or above retrieve.min_score, nearest first."""
+    min_score = ctx.cfg.retrieve.min_score
+    return [ctx.index.get(n["task_id"]) for n in s.get("neighbors") or [] if n["score"] >= min_score][:k]
+
+
+async def answer(s: dict, ctx: Context) -> dict:
+    q, v = s["question"], s["voter"]
+    order = option_order(len(q.choices), v["order"], q.task_id)
+    vote = {"voter": voter(v["backbone"], v["order"]), "probs": None}
+    try:
+        prompt = prompt_for(ctx, v["backbone"], q, order, examples_for(s, ctx, ctx.cfg.answer.shots))
+        (r,) = await ctx.batcher.submit(v["backbone"], [(prompt.text, q.letters, q.task_id)])
+    except PromptTooLong as e:
+        return {"votes": [vote | {"unread": str(e)}]}
+    except BackboneError as e:
+        return {"votes": [vote | {"error": str(e)}], "calls": 1, "tokens": prompt.tokens}
+    r, vote["prior"] = unbiased(ctx, v["backbone"], r)
+    vote["probs"] = _map_back(r, order, q.letters) if r else None
+    return {"votes": [vote | {"cut": prompt.cut}], "calls": 1, "tokens": prompt.tokens}
+
+
+async def vote(s: dict, ctx: Context) -> dict:
+    q, rule = s["question"], ctx.cfg.vote.rule
+    votes, failed, cut = ballots(s["votes"])
+    if not votes:
+        probs = {}
+    elif V.RULES[rule].batched:  # reads the whole step's batch: the batcher's "vote" call (graphs/build.py)
+        (probs,) = await ctx.batcher.submit("vote", [(q, votes)])
+    else:
+        (probs,) = V.RULES[rule].combine([votes], [q.letters], ctx.calibration)
+    step = {"step": "vote", "rule": rule, "votes": votes, "failed": failed, "probabilities": probs, "cut": cut}
+    if unread := {v["voter"]: v["unread"] for v in s["votes"] if v.get("unread")}:
+        step["unread"] = unread  # the prompt could not fit the context
+    if rule == "pool":
+        step["weights"] = ctx.calibration.weights
+    if any(v.get("prior") for v in s["votes"]):  # the position priors divided out (debias)
+        step["priors"] = {v["voter"]: v["prior"] for v in s["votes"] if v.get("prior")}
+    update = {"probs": probs, "trace": [step]}
+    if not votes and len(failed) == len(s["votes"]):
+        update["error"] = "every backbone failed: " + "; ".join(failed.values())
+    return update
+
+
+async def retrieve(s: dict, ctx: Context) -> dict:
+    (r,) = await ctx.batcher.submit("index", [s["question"]])
+    dup = r.duplicate.model_dump() if ctx.cfg.retrieve.duplicates and r.duplicate else None
+    neighbors = [n.model_dump() for n in r.neighbors]
+    update = {"duplicate": dup, "neighbors": neighbors,
+              "trace": [{"step": "retrieve", "duplicate": dup, "note": r.note, "neighbors": neighbors}]}
+    if ctx.fitted is not None and not dup:
+        (update["found_neighbours"],) = await ctx.batcher.submit("neighbours", [s["question"]])
+    return update
+
+
+async def settle(s: dict, ctx: Context) -> dict:
+    letter, probs, moved = ctx.fitted.settles(evidence_now(s, ctx))
+    return {"settled": letter, "gated": probs,
+            "trace": [{"step": "settle", "letter": letter, "probabilities": probs, "moved_by": moved}]}
+
+
+async def execute(s: dict, ctx: Context) -> dict:
+    q, cfg = s["question"], ctx.cfg
+    job = job_for(q)
+    if job is None:
+        return {"executed": None, "trace": [{"step": "execute", "ran": False}]}
+    (results,) = await ctx.batcher.submit("execute", [job])
+    e = evidence(q, job, results)
+    executed = {"kind": e.kind, "status": e.status, "consistent": e.consistent, "settled": e.settled}
+    seconds = round(sum(r.seconds for r in results if not r.cached), 3)  # a cached run cost nothing now
+    step = {"step": "execute", "ran": True, "language": job.language, "runs": len(results), "seconds": seconds,
+            **executed, "trusted": settled_by_run({"executed": executed}, cfg) is not None,
+            "ruled_out": e.ruled_out(q.letters) if e.kind in cfg.execute.eliminate and not e.settled else []}
+    if stopped := [r for r in results if r.status in ("unavailable", "killed")]:
+        step["why"] = (stopped[0].stderr.strip().splitlines() or [stopped[0].status])[-1]
+    if peaks := [r.peak_mb for r in results if r.peak_mb is not None]:
+        step["peak_mb"] = max(peaks)  # the most memory one run's processes held together
+    return {"executed": executed, "runs": len(results), "run_seconds": seconds, "trace": [step]}
+
+
+async def verify(s: dict, ctx: Context) -> dict:
+    q, cfg = s["question"], ctx.cfg
+    letter = top_letter(current(s, cfg))
+    bb = ctx.backbones[ctx.first]
+    prompt = verify_prompt(q, letter, bb.tokenizer, bb.max_model_len)
+    try:
+        (r,) = await ctx.batcher.submit(ctx.first, [(prompt.text, VERDICTS, q.task_id)])
+    except BackboneError as e:
+        r = None
+        step = {"error": str(e)}
+    else:
+        step = {}
+    p_true = r["TRUE"] if r else cfg.verify.accept  # unreadable or failed: no evidence either way
+    update = verify_update(s, p_true, cfg)
+    step |= {"step": "verify", "letter": letter, "p_true": p_true, "read": r is not None,
+             "rejected": update["rejected"]}
+    return update | {"calls": 1, "tokens": prompt.tokens, "trace": [step]}
+
+
+async def _reanswer_probs(q: Question, keep: list[int], examples: list, ctx: Context, step: dict):
+    """The first backbone's answer over the options kept, in every option order, averaged:
+    (probabilities or None if none could be read, LLM calls, tokens)."""
+    if len(keep) == 1:
+        return {k: float(k == q.letters[keep[0]]) for k in q.letters}, 0, 0
+    views = [[keep[i] for i in option_order(len(keep), k, q.task_id)] for k in range(ctx.cfg.answer.orders)]
+    prompts = [prompt_for(ctx, ctx.first, q, v, examples) for v in views]
+    try:
+        results = await ctx.batcher.submit(ctx.first, [(p.text, q.letters[: len(keep)], q.task_id) for p in prompts])
+    except BackboneError as e:
+        results, step["error"] = [], str(e)
+    read = {i: _map_back(unbiased(ctx, ctx.first, r)[0], v, q.letters)
+            for i, (v, r) in enumerate(zip(views, results)) if r}
+    return (V.mean(read, q.letters) if read else None), len(prompts), sum(p.tokens for p in prompts)
+
+
+async def reanswer(s: dict, ctx: Context) -> dict:
+    q, cfg = s["question"], ctx.cfg
+    rejected = set(s.get("rejected") or []) if cfg.reanswer.eliminate else set()
+    keep = [i for i, letter in enumerate(q.letters) if letter not in rejected]
+    examples = examples_for(s, ctx, cfg.retrieve.k) if has_examples(s, cfg) else []
+    before = top_letter(current(s, cfg))
+    step = {"step": "reanswer", "examples": [e.task_id for e in examples], "removed": sorted(rejected)}
+    probs, calls, tokens = await _reanswer_probs(q, keep, examples, ctx, step)
+    update = {"reprobs": probs, "rounds": s.get("rounds", 0) + 1, "calls": calls, "tokens": tokens}
+    after = top_letter(current(s | update, cfg)) if probs else before
+    step |= {"probabilities": probs, "changed": [before, after] if after != before else None}
+    return update | {"trace": [step]}
+
+
+def decided_by(s: dict, ctx: Context) -> str:
+    """Which evidence decides: an exact duplicate, a trusted run, the fitted gate, the
+    fitted ranker (where the LLM answered), else the rules."""
+    if s.get("duplicate"):
+        return "duplicate"
+    if settled_by_run(s, ctx.cfg):
+        return "run"
+    if s.get("settled"):
+        return "settle"
+    return "ranker" if ctx.fitted is not None and s.get("probs") else "rules"
+
+
+async def decide_node(s: dict, ctx: Context) -> dict:
+    by = decided_by(s, ctx)
+    if by == "rules" and not s.get("probs"):
+        return {"letter": None, "final": {}, "trace": [{"step": "decide", "letter": None, "unread": True}]}
+    step = {"step": "decide", "by": by}
+    if by == "settle":
+        final = s["gated"]
+    elif by == "ranker":
+        final, step["moved_by"] = ctx.fitted.score(evidence_now(s, ctx, ballots(s.get("votes") or [])[0]))
+    else:
+        final = decide(s, ctx.cfg)[1]
+    letter = top_letter(final)
+    first_letter = top_letter(s["probs"]) if s.get("probs") else None
+    changed = [first_letter, letter] if first_letter and first_letter != letter else None
+    return {"letter": letter, "final": final, "decided_by": by,
+            "trace": [step | {"letter": letter, "changed": changed}]}
+
+
+NODES = {"retrieve": retrieve, "execute": execute, "settle": settle, "answer": answer, "vote": vote, "verify": verify,
+         "reanswer": reanswer, "decide": decide_node}
+
+
+def make_nodes(cfg, backbones: dict, batcher, index=None, calibration: V.Calibration | None = None,
+               fitted=None) -> dict:
+    """Every node bound to one run's Context (`calibration` None: the config's weights alone)."""
     option_priors = OptionPriors.build(index.records, kind_of=kind_of) if fitted is not None else None
-
-    def evidence_now(s, votes=None):
-        """The question's Evidence as the graph holds it now (the votes once answered)."""
-        return evidence_of(s["question"], found_in(s), votes or {}, index.get, option_priors)
-
-    def unbiased(label: str, r: dict[str, float] | None) -> tuple[dict[str, float] | None, list[float] | None]:
-        """A reply over the view's letters (= positions) without the backbone's position prior."""
-        prior = priors.get(label, {}).get(str(len(r))) if r else None
-        if prior is None:
-            return r, None
-        return dict(zip(r, debias(list(r.values()), prior))), prior
-
-    def prompt_for(label, q, order, examples=()):
-        bb = backbones[label]
-        return answer_prompt(q.in_order(order), bb.tokenizer, bb.max_model_len, examples)
-
-    def examples_for(s, k: int) -> list[Question]:
-        """The k nearest solved neighbours at or above retrieve.min_score, nearest first."""
-        return [index.get(n["task_id"]) for n in s.get("neighbors") or [] if n["score"] >= cfg.retrieve.min_score][:k]
-
-    async def answer(s):
-        q, v = s["question"], s["voter"]
-        order = option_order(len(q.choices), v["order"], q.task_id)
-        vote = {"voter": voter(v["backbone"], v["order"]), "probs": None}
-        try:
-            prompt = prompt_for(v["backbone"], q, order, examples_for(s, cfg.answer.shots))
-            (r,) = await batcher.submit(v["backbone"], [(prompt.text, q.letters, q.task_id)])
-        except PromptTooLong as e:
-            return {"votes": [vote | {"unread": str(e)}]}
-        except BackboneError as e:
-            return {"votes": [vote | {"error": str(e)}], "calls": 1, "tokens": prompt.tokens}
-        r, vote["prior"] = unbiased(v["backbone"], r)
-        vote["probs"] = _map_back(r, order, q.letters) if r else None
-        return {"votes": [vote | {"cut": prompt.cut}], "calls": 1, "tokens": prompt.tokens}
-
-    async def vote(s):
-        q = s["question"]
-        votes, failed, cut = ballots(s["votes"])
-        if not votes:
-            probs = {}
-        elif cfg.vote.rule == "weighted":
-            (probs,) = await batcher.submit("vote", [(q, votes)])
-        elif cfg.vote.rule == "pool":
-            probs = V.pool(votes, q.letters, weights)
-        else:
-            probs = V.RULES[cfg.vote.rule](votes, q.letters)
-        step = {"step": "vote", "rule": cfg.vote.rule, "votes": votes, "failed": failed, "probabilities": probs, "cut": cut}
-        if unread := {v["voter"]: v["unread"] for v in s["votes"] if v.get("unread")}:
-            step["unread"] = unread  # the prompt could not fit the context
-        if cfg.vote.rule == "pool":
-            step["weights"] = weights
-        if any(v.get("prior") for v in s["votes"]):  # the position priors divided out (debias)
-            step["priors"] = {v["voter"]: v["prior"] for v in s["votes"] if v.get("prior")}
-        update = {"probs": probs, "trace": [step]}
-        if not votes and len(failed) == len(s["votes"]):
-            update["error"] = "every backbone failed: " + "; ".join(failed.values())
-        return update
-
-    async def retrieve(s):
-        (r,) = await batcher.submit("index", [s["question"]])
-        dup = r.duplicate.model_dump() if cfg.retrieve.duplicates and r.duplicate else None
-        neighbors = [n.model_dump() for n in r.neighbors]
-        update = {"duplicate": dup, "neighbors": neighbors,
-                  "trace": [{"step": "retrieve", "duplicate": dup, "note": r.note, "neighbors": neighbors}]}
-        if fitted is not None and not dup:
-            (update["found_neighbours"],) = await batcher.submit("neighbours", [s["question"]])
-        return update
-
-    async def settle(s):
-        letter, probs, moved = fitted.settles(evidence_now(s))
-        return {"settled": letter, "gated": probs,
-                "trace": [{"step": "settle", "letter": letter, "probabilities": probs, "moved_by": moved}]}
-
-    async def execute(s):
-        q = s["question"]
-        job = job_for(q)
-        if job is None:
-            return {"executed": None, "trace": [{"step": "execute", "ran": False}]}
-        (results,) = await batcher.submit("execute", [job])
-        e = evidence(q, job, results)
-        executed = {"kind": e.kind, "status": e.status, "consistent": e.consistent, "settled": e.settled}
-        seconds = round(sum(r.seconds for r in results if not r.cached), 3)  # a cached run cost nothing now
-        step = {"step": "execute", "ran": True, "language": job.language, "runs": len(results), "seconds": seconds,
-                **executed, "trusted": settled_by_run({"executed": executed}, cfg) is not None,
-                "ruled_out": e.ruled_out(q.letters) if e.kind in cfg.execute.eliminate and not e.settled else []}
-        if stopped := [r for r in results if r.status in ("unavailable", "killed")]:
-            step["why"] = (stopped[0].stderr.strip().splitlines() or [stopped[0].status])[-1]
-        if peaks := [r.peak_mb for r in results if r.peak_mb is not None]:
-            step["peak_mb"] = max(peaks)  # the most memory one run's processes held together
-        return {"executed": executed, "runs": len(results), "run_seconds": seconds, "trace": [step]}
-
-    async def verify(s):
-        q = s["question"]
-        letter = top_letter(current(s, cfg))
-        bb = backbones[first]
-        prompt = verify_prompt(q, letter, bb.tokenizer, bb.max_model_len)
-        try:
-            (r,) = await batcher.submit(first, [(prompt.text, VERDICTS, q.task_id)])
-        except BackboneError as e:
-            r = None
-            step = {"error": str(e)}
-        else:
-            step = {}
-        p_true = r["TRUE"] if r else cfg.verify.accept  # unreadable or failed: no evidence either way
-        update = verify_update(s, p_true, cfg)
-        step |= {"step": "verify", "letter": letter, "p_true": p_true, "read": r is not None, "rejected": update["rejected"]}
-        return update | {"calls": 1, "tokens": prompt.tokens, "trace": [step]}
-
-    async def reanswer(s):
-        q = s["question"]
-        rejected = set(s.get("rejected") or []) if cfg.reanswer.eliminate else set()
-        keep = [i for i, letter in enumerate(q.letters) if letter not in rejected]
-        examples = []
-        if has_examples(s, cfg):
-            examples = examples_for(s, cfg.retrieve.k)
-        before = top_letter(current(s, cfg))
-        step = {"step": "reanswer", "examples": [e.task_id for e in examples], "removed": sorted(rejected)}
-        calls = tokens = 0
-        if len(keep) == 1:
-            probs = {k: float(k == q.letters[keep[0]]) for k in q.letters}
-        else:  # the first backbone, in every option order, averaged
-            views = [[keep[i] for i in option_order(len(keep), k, q.task_id)] for k in range(orders)]
-            prompts = [prompt_for(first, q, v, examples) for v in views]
-            calls, tokens = len(prompts), sum(p.tokens for p in prompts)
-            try:
-                results = await batcher.submit(first, [(p.text, q.letters[: len(keep)], q.task_id) for p in prompts])
-            except BackboneError as e:
-                results, step["error"] = [], str(e)
-            read = {i: _map_back(unbiased(first, r)[0], v, q.letters) for i, (v, r) in enumerate(zip(views, results)) if r}
-            probs = V.mean(read, q.letters) if read else None
-        update = {"reprobs": probs, "rounds": s.get("rounds", 0) + 1, "calls": calls, "tokens": tokens}
-        after = top_letter(current(s | update, cfg)) if probs else before
-        step |= {"probabilities": probs, "changed": [before, after] if after != before else None}
-        return update | {"trace": [step]}
-
-    async def decide_node(s):
-        by = "duplicate" if s.get("duplicate") else "run" if settled_by_run(s, cfg) else "settle" if s.get("settled") \
-            else "ranker" if fitted is not None and s.get("probs") else "rules"
-        if by == "rules" and not s.get("probs"):
-            return {"letter": None, "final": {}, "trace": [{"step": "decide", "letter": None, "unread": True}]}
-        step = {"step": "decide", "by": by}
-        if by == "settle":
-            final = s["gated"]
-        elif by == "ranker":
-            final, step["moved_by"] = fitted.score(evidence_now(s, ballots(s.get("votes") or [])[0]))
-        else:
-            final = decide(s, cfg)[1]
-        letter = top_letter(final)
-        first_letter = top_letter(s["probs"]) if s.get("probs") else None
-        changed = [first_letter, letter] if first_letter and first_letter != letter else None
-        return {"letter": letter, "final": final, "decided_by": by, "trace": [step | {"letter": letter, "changed": changed}]}
-
-    return {"retrieve": retrieve, "execute": execute, "settle": settle, "answer": answer, "vote": vote, "verify": verify,
-            "reanswer": reanswer, "decide": decide_node}
+    ctx = Context(cfg, backbones, batcher, calibration or V.Calibration(weights=cfg.vote.weights), index, fitted,
+                  option_priors)
+    return {name: partial(fn, ctx=ctx) for name, fn in NODES.items()}

@@ -182,7 +182,8 @@ class Fitted:
                             "settled": per_kind([ev for ev in g.ev if ev.question.task_id in settled],
                                                 [LETTERS[int(p.argmax())] for p, ev in zip(gated, g.ev)
                                                  if ev.question.task_id in settled])}}
-        return cls(manifest, train(t, np.arange(len(asked)), seed, rounds), train(g, np.arange(len(reach)), seed, rounds))
+        return cls(manifest, train(t, np.arange(len(asked)), seed, rounds),
+                   train(g, np.arange(len(reach)), seed, rounds))
 
     def save(self, folder: str | Path) -> Path:
         """Written whole or not at all (a temporary folder renamed into place)."""

@@ -1,21 +1,34 @@
-"""Combining several voters' answers to one multiple-choice question.
+"""The vote, in one place: how several voters' answers to one multiple-choice question
+combine (one registry of rules, `RULES`), what it measured beforehand (`Calibration`), and
+PriDe, the position prior divided out of a backbone's answers.
 
 `mean`, `majority` and `pool` (log-linear, with backbone weights fitted on labelled
 answers by `fit_pool`) look at one question at a time. `weighted` needs a batch: a voter's
 reliability only shows across many questions, so it runs Dawid-Skene EM over the batch
-(or one E-step with confusion matrices estimated on labelled dev data). Pure numpy,
-tested on fixed numbers (tests/test_vote_rules.py).
+(or one E-step with confusion matrices estimated on labelled dev data). PriDe (Zheng et
+al., "Large Language Models Are Not Robust Multiple Choice Selectors", ICLR 2024): a small
+model prefers some positions whatever they hold (SmolLM2-135M answers "A"); a question
+answered in all n cyclic orders shows every option once in every position, so the mean
+log-probability of a position over those orders is the position's own pull plus a
+constant: its softmax is that question's prior, and a backbone's prior for n options is
+the mean over the estimation questions; an answer is then P(position) / prior,
+renormalised. Pure numpy, tested on fixed numbers (tests/test_vote_rules.py); the
+measuring runs are graphs/calibrate.py's.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from core.types import LETTERS, backbone_of, top_letter
 
 Votes = dict[str, dict[str, float]]
+Prior = dict[str, list[float]]  # number of options (as a string: JSON keys) -> prior over positions
 TINY = 1e-12  # floor inside log: a zero-count cell must not veto a class (or make NaN)
 TIE = 1e-6  # the mean probability's weight in `weighted`: enough to break a tie, no more
 
@@ -194,4 +207,78 @@ def fit_pool(items_votes: list[Votes], letters_list: list[list[str]], truth: lis
     return {n: round(float(w), 4) for n, w in zip(names, res.x)}
 
 
-RULES = {"majority": majority, "mean": mean}
+# PriDe: the position prior (estimated by graphs/calibrate.py, divided out by the answer node)
+
+
+def cyclic(n: int, shift: int) -> list[int]:
+    """The option shown at each position when the options are rotated by `shift`."""
+    return [(i + shift) % n for i in range(n)]
+
+
+def sample(task_ids: list[str], share: float, at_least: int, seed: int = 0) -> list[str]:
+    """The questions that estimate the prior: a fixed share of them, chosen by a seeded hash
+    of their ids, so the same input picks the same questions in any order or batching."""
+    k = min(len(task_ids), max(at_least, math.ceil(share * len(task_ids))))
+    return sorted(set(task_ids), key=lambda t: hashlib.sha256(f"{seed}:{t}".encode()).hexdigest())[:k]
+
+
+def question_prior(views: list[list[float]]) -> np.ndarray:
+    """One question's prior from its probabilities by position in each cyclic order."""
+    logp = np.log(np.maximum(np.asarray(views, dtype=float), 1e-12)).mean(0)
+    p = np.exp(logp - logp.max())
+    return p / p.sum()
+
+
+def estimate(per_question: list[list[list[float]]]) -> Prior:
+    """The prior for each number of options: the mean of its questions' priors."""
+    by_n: dict[int, list[np.ndarray]] = {}
+    for views in per_question:
+        by_n.setdefault(len(views[0]), []).append(question_prior(views))
+    return {str(n): [round(float(x), 6) for x in np.mean(ps, 0)] for n, ps in sorted(by_n.items())}
+
+
+def debias(by_position: list[float], prior: list[float]) -> list[float]:
+    """An answer's probabilities by position without the backbone's pull towards positions."""
+    p = np.asarray(by_position, dtype=float) / np.maximum(np.asarray(prior, dtype=float), 1e-12)
+    return list(p / p.sum()) if p.sum() > 0 else list(by_position)
+
+
+def without_prior(reply: dict[str, float] | None, prior: Prior | None):
+    """A reply over a view's letters (= positions) without its backbone's position prior
+    for that many options, and the prior divided out (None: none was estimated)."""
+    p = prior.get(str(len(reply))) if reply and prior else None
+    if p is None:
+        return reply, None
+    return dict(zip(reply, debias(list(reply.values()), p))), p
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What the vote measured before answering (graphs/calibrate.py: `calibration`): each
+    backbone's position prior, the pool's weights (the config's, over any fitted on
+    `vote.labelled`), the weighted rule's confusions (None: EM over the batch)."""
+
+    priors: dict[str, Prior] = field(default_factory=dict)  # backbone label -> its prior
+    weights: dict[str, float] = field(default_factory=dict)  # pool: backbone label -> weight (missing: 1)
+    confusion: dict[str, np.ndarray] | None = None
+
+
+class Rule(NamedTuple):
+    """A vote rule: for each question of a batch, its voters' probabilities and its letters
+    in, the combined probabilities out. `batched`: it reads the whole step's batch (the
+    graph sends it through the batcher); otherwise each question is combined alone."""
+
+    combine: Callable[[list[Votes], list[list[str]], Calibration], list[dict[str, float]]]
+    batched: bool = False
+
+
+def _each(rule: Callable[[Votes, list[str], Calibration], dict[str, float]]) -> Rule:
+    return Rule(lambda batch, letters, cal: [rule(v, k, cal) for v, k in zip(batch, letters, strict=True)])
+
+
+RULES: dict[str, Rule] = {
+    "mean": _each(lambda votes, letters, cal: mean(votes, letters)),
+    "majority": _each(lambda votes, letters, cal: majority(votes, letters)),
+    "pool": _each(lambda votes, letters, cal: pool(votes, letters, cal.weights)),
+    "weighted": Rule(lambda batch, letters, cal: weighted(batch, letters, cal.confusion)[0], batched=True),
+}

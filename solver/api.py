@@ -119,16 +119,12 @@ class Solver:
         """The compiled graph and its index, made on first use."""
         if self._graph is None:
             from graphs.build import GraphRunner
-            from graphs.calibrate import labelled_confusion, labelled_weights
+            from graphs.calibrate import calibration
 
-            run, confusion, weights = self.run_config, None, None
-            if run.vote.rule == "weighted" and run.vote.labelled:
-                confusion = labelled_confusion(run, self.backbones)
-            if run.vote.rule == "pool" and run.vote.labelled:
-                weights = labelled_weights(run, self.backbones, self.priors) | run.vote.weights  # the config's win
+            run = self.run_config
             index = self.index if run.retrieve.enabled else None
-            self._graph = GraphRunner(run, self.backbones, index, confusion, self.hardware,
-                                      priors=self.priors, weights=weights, extra=self._extra, fitted=self.fitted)
+            self._graph = GraphRunner(run, self.backbones, index, calibration(run, self.backbones, self.priors),
+                                      self.hardware, extra=self._extra, fitted=self.fitted)
         return self._graph
 
     @_quiet

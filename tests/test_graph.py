@@ -28,7 +28,8 @@ def sample_index(tmp_path_factory):
 
 
 def test_graph_end_to_end(engine_solver, sample_index):
-    cfg = SolverConfig.model_validate(FULL | {"backbone": SMALL, "retrieve": FULL["retrieve"] | {"index": str(sample_index)}})
+    cfg = SolverConfig.model_validate(FULL | {"backbone": SMALL,
+                                              "retrieve": FULL["retrieve"] | {"index": str(sample_index)}})
     solver = Solver(cfg, backbone=engine_solver.backbone)
     sample = load_questions(SAMPLE, labelled=True).questions
     copy = sample[0].model_copy(update={"task_id": "copy", "choices": sample[0].choices[::-1]})
@@ -59,7 +60,8 @@ def test_answer_with_retrieved_examples(engine_solver, sample_index):
     questions = load_questions(SAMPLE, labelled=True).questions[20:26]
 
     def run(extra):
-        preds = Solver(SolverConfig.model_validate(base | extra), backbone=engine_solver.backbone).solve_batch(questions)
+        preds = Solver(SolverConfig.model_validate(base | extra),
+                       backbone=engine_solver.backbone).solve_batch(questions)
         assert all(p.letter in q.letters for p, q in zip(preds, questions))
         return preds
 
@@ -76,8 +78,7 @@ def test_debiased_pool_vote_on_the_engine(engine_solver):
     gives the backbone's position prior, which every answer is divided by, and those
     questions' cost says so; the pool combines what is left, with the config's weight."""
     from core.prompts import answer_prompt
-    from graphs.debias import debias, sample
-    from graphs.vote import pool
+    from graphs.vote import debias, pool, sample
 
     cfg = SolverConfig.model_validate({"backbone": SMALL, "answer": {"orders": 2}, "graph": {"enabled": True},
                                        "vote": {"rule": "pool", "weights": {"smollm2-135m-instruct": 0.5},
@@ -97,10 +98,12 @@ def test_debiased_pool_vote_on_the_engine(engine_solver):
         assert vote["probabilities"] == pytest.approx(pool(vote["votes"], q.letters, vote["weights"]))
         prior = priors.get(str(len(q.choices)))
         assert vote.get("priors", {}).get("smollm2-135m-instruct@0") == prior
-        if prior:  # the given order's answer is the engine's (alone here: within the dtype's rounding), divided by the prior
+        # the given order's answer is the engine's (alone here: within the dtype's rounding), divided by the prior
+        if prior:
             (raw,) = bb.choose([answer_prompt(q, bb.tokenizer, bb.max_model_len).text], [q.letters])
             want = debias(list(raw.values()), prior)
-            assert list(vote["votes"]["smollm2-135m-instruct@0"].values()) == pytest.approx(want, abs=PROB_TOL[bb.dtype])
+            assert list(vote["votes"]["smollm2-135m-instruct@0"].values()) == pytest.approx(
+                want, abs=PROB_TOL[bb.dtype])
 
 
 def test_pool_weights_fitted_on_labelled_questions(engine_solver, cache):
@@ -109,7 +112,8 @@ def test_pool_weights_fitted_on_labelled_questions(engine_solver, cache):
     cfg = SolverConfig.model_validate({"backbone": SMALL, "graph": {"enabled": True},
                                        "vote": {"rule": "pool", "labelled": str(SAMPLE), "labelled_split": None,
                                                 "labelled_n": 8}})
-    preds = Solver(cfg, backbone=engine_solver.backbone).solve_batch(load_questions(SAMPLE, labelled=True).questions[20:23])
+    preds = Solver(cfg, backbone=engine_solver.backbone).solve_batch(
+        load_questions(SAMPLE, labelled=True).questions[20:23])
     weights = [next(t for t in p.trace if t["step"] == "vote")["weights"] for p in preds]
     assert weights[0] == weights[-1] and set(weights[0]) == {"smollm2-135m-instruct"}
     assert 0.0 <= weights[0]["smollm2-135m-instruct"] <= 10.0

@@ -139,7 +139,7 @@ def test_fit_pool_finds_the_informative_backbone():
 def test_pride_prior_recovers_a_position_bias():
     """A backbone that adds a fixed pull towards position 0 to a content-based answer: every
     cyclic order shows each option in each position once, so the estimate is the pull."""
-    from graphs.debias import cyclic, debias, estimate, sample
+    from graphs.vote import cyclic, debias, estimate, sample
 
     rng = np.random.default_rng(1)
     pull = np.array([0.55, 0.15, 0.15, 0.15])
