@@ -33,7 +33,8 @@ ERROR_OPTION = re.compile(r"\b(error|exception|compil\w*|does not compile|undefi
 # (language, pattern): the first that matches the code names its language
 LANGUAGES = [
     ("java", re.compile(r"\bpublic\s+static\s+void\s+main\b|\bSystem\.out\.print")),
-    ("cpp", re.compile(r"#\s*include\s*<(iostream|bits/stdc\+\+\.h|string|vector|map)>|\bstd::|\bcout\s*<<|using\s+namespace\s+std")),
+    ("cpp", re.compile(r"#\s*include\s*<(iostream|bits/stdc\+\+\.h|string|vector|map)>"
+                       r"|\bstd::|\bcout\s*<<|using\s+namespace\s+std")),
     ("c", re.compile(r"#\s*include\s*<\w+\.h>|\bprintf\s*\(|\bint\s+main\s*\(")),
     ("javascript", re.compile(r"\bconsole\.log\s*\(|\b(let|const|var)\s+\w+\s*=|=>")),
     ("python", re.compile(r"^\s*(>>>|print\s*\(|def |import |for .* in .*:|class \w+.*:)", re.M)),
@@ -47,7 +48,8 @@ CALLS = """
 
 import math as _m
 def _same(r, e):
-    return r == e or (isinstance(r, float) and isinstance(e, (int, float)) and _m.isclose(r, e, rel_tol=1e-6, abs_tol=1e-6))
+    return r == e or (isinstance(r, float) and isinstance(e, (int, float))
+                      and _m.isclose(r, e, rel_tol=1e-6, abs_tol=1e-6))
 _failed = _tried = 0
 for _args, _want in {pairs!r}:
     try:
@@ -100,7 +102,8 @@ def unflatten_c(code: str) -> str:
 def repl_to_script(code: str) -> str:
     """`>>>` sessions print each expression's repr, as the interactive interpreter does;
     parsed here (never run), so a snippet that does not parse is returned as it is."""
-    lines = [re.sub(r"^\s*(>>>|\.\.\.) ?", "", line) for line in code.splitlines() if re.match(r"\s*(>>>|\.\.\.)", line)]
+    lines = [re.sub(r"^\s*(>>>|\.\.\.) ?", "", line) for line in code.splitlines()
+             if re.match(r"\s*(>>>|\.\.\.)", line)]
     script = "\n".join(lines)
     try:
         tree = ast.parse(script)
@@ -180,7 +183,8 @@ def job_for(q: Question) -> Job | None:
 KINDS = ("completion", "behaviour", "output", "repair", "knowledge")
 COMPLETION = re.compile(r"\bmissing a part\b|\bincomplete solution\b|\bmost likely completion\b|"
                         r"\bcomplete (the|this|following)\b|\bfill(ing)? in the blank", re.I)
-REPAIR = re.compile(r"\bincorrect results\b|\b(fix|repair|identif\w*|find|locate)\w*\s+(the\s+|a\s+)?(bug|defect)", re.I)
+REPAIR = re.compile(r"\bincorrect results\b|\b(fix|repair|identif\w*|find|locate)\w*\s+(the\s+|a\s+)?(bug|defect)",
+                    re.I)
 ASKS_OUTPUT_STRICT = re.compile(r"\b(output|print(?:s|ed)?|displayed?)\b", re.I)
 CODE_CHARS = re.compile(r"[;{}()\[\]=<>]|^\s*(>>>|def |import |#include)", re.M)
 

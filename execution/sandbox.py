@@ -138,15 +138,10 @@ def task_cap(memory_mb: int, grouped: bool) -> int:
     return NPROC if grouped else max(1, min(NPROC, UNGROUPED_MB // memory_mb))
 
 
-def _exec(argv: list[str], cwd: str, stdin: str, timeout_s: float, memory_mb: int,
-          use_data: bool, max_output: int, compiler: bool = False) -> Result:
-    """Run argv in a cgroup of its own (execution/cgroups.py: `memory_mb` for all its processes
-    together) under rlimits (the second line: `memory_mb` for each) and a wall clock; read at
-    most max_output bytes per stream. A run whose group reaches its memory cap is killed whole.
-    A compiler's rlimit is 4x its cap where the group holds it: a compiler out of address
-    space fails like one that found an error, while one the group stops is `killed`."""
+def _child_setup(memory_mb: int, group, use_data: bool, compiler: bool, timeout_s: float):
+    """What the child runs before exec: into the run's cgroup, under its rlimits (the
+    second line: `memory_mb` for each process), then nobody for good where we are root."""
     root = os.geteuid() == 0
-    group = cgroups.make(memory_mb, NPROC) if grouped() else None
     nproc = _tasks_of(NOBODY if root else os.getuid()) + task_cap(memory_mb, group is not None)
     mem = resource.RLIMIT_DATA if use_data else resource.RLIMIT_AS
     per_process = memory_mb * (4 if compiler and group else 1)
@@ -168,11 +163,15 @@ def _exec(argv: list[str], cwd: str, stdin: str, timeout_s: float, memory_mb: in
             os.setresgid(NOBODY, NOBODY, NOBODY)
             os.setresuid(NOBODY, NOBODY, NOBODY)
 
+    return limit
+
+
+def _spawn(argv: list[str], cwd: str, stdin: str, limit, group) -> tuple[subprocess.Popen, int]:
+    """The process started, and the read end of the pipe bwrap writes its init's host pid to."""
     info_r, info_w = os.pipe()  # bwrap writes the host pid of its init (the run's pid 1) here
     boxed = argv[0] == "bwrap"
     if boxed:
         argv = [argv[0], "--info-fd", str(info_w), *argv[1:]]
-    start = time.monotonic()
     try:
         with tempfile.TemporaryFile() as fin:  # a file, so a program that never reads cannot block us
             fin.write(stdin.encode())
@@ -181,13 +180,20 @@ def _exec(argv: list[str], cwd: str, stdin: str, timeout_s: float, memory_mb: in
                                     cwd=cwd, env=ENV, start_new_session=True, preexec_fn=limit,  # noqa: PLW1509
                                     pass_fds=(info_w,) if boxed else ())
     except BaseException:
+        os.close(info_r)
         if group:
             group.close()
         raise
     finally:
         os.close(info_w)
+    return proc, info_r
+
+
+def _watch(proc, info_r: int, deadline: float, group, max_output: int) -> tuple[dict, str | None, int | None]:
+    """Read both streams (at most max_output bytes each) and bwrap's info until they close
+    or a limit is hit: (bytes per fd, why it was stopped or None, a pidfd of bwrap's init)."""
     fds = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray(), info_r: bytearray()}
-    why, init, deadline = None, None, start + timeout_s
+    why, init = None, None
 
     def limit_hit() -> str | None:
         if time.monotonic() >= deadline:
@@ -210,6 +216,11 @@ def _exec(argv: list[str], cwd: str, stdin: str, timeout_s: float, memory_mb: in
                     why = "output"
     while not why and proc.poll() is None and not (why := limit_hit()):  # the streams closed; not yet exited
         time.sleep(min(POLL_S, max(deadline - time.monotonic(), 0)))
+    return fds, why, init
+
+
+def _end(proc, init: int | None, group, why: str | None) -> None:
+    """Kill whatever is left of a run stopped (or not exited), and reap it all."""
     if why or proc.poll() is None:
         if init is not None:
             signal.pidfd_send_signal(init, signal.SIGKILL)  # pid 1 dies: the kernel kills the rest
@@ -221,6 +232,28 @@ def _exec(argv: list[str], cwd: str, stdin: str, timeout_s: float, memory_mb: in
     if init is not None:  # bwrap may exit before its init: wait until the namespace is empty
         select.select([init], [], [], 30)  # only a task stuck in the kernel takes long
         os.close(init)
+
+
+def _status(rc: int, why: str | None) -> str:
+    sig = -rc if rc < 0 else rc - 128 if rc > 128 else 0  # bwrap exits 128+N on signal N
+    return ("timeout" if why == "timeout" or sig == signal.SIGXCPU else
+            "killed" if why in ("output", "memory") or sig == signal.SIGKILL else
+            "ok" if rc == 0 else "runtime_error")
+
+
+def _exec(argv: list[str], cwd: str, stdin: str, timeout_s: float, memory_mb: int,
+          use_data: bool, max_output: int, compiler: bool = False) -> Result:
+    """Run argv in a cgroup of its own (execution/cgroups.py: `memory_mb` for all its processes
+    together) under rlimits (`memory_mb` for each) and a wall clock; read at most max_output
+    bytes per stream. A run whose group reaches its memory cap is killed whole. A
+    compiler's rlimit is 4x its cap where the group holds it: a compiler out of address
+    space fails like one that found an error, while one the group stops is `killed`."""
+    group = cgroups.make(memory_mb, NPROC) if grouped() else None
+    limit = _child_setup(memory_mb, group, use_data, compiler, timeout_s)
+    start = time.monotonic()
+    proc, info_r = _spawn(argv, cwd, stdin, limit, group)
+    fds, why, init = _watch(proc, info_r, start + timeout_s, group, max_output)
+    _end(proc, init, group, why)
     peak = None
     if group:
         why = why or ("memory" if group.hit_cap() else None)  # it may have died of it just now
@@ -230,13 +263,9 @@ def _exec(argv: list[str], cwd: str, stdin: str, timeout_s: float, memory_mb: in
                 for f in (proc.stdout, proc.stderr))
     proc.stdout.close(), proc.stderr.close(), os.close(info_r)
     rc, seconds = proc.returncode, time.monotonic() - start
-    sig = -rc if rc < 0 else rc - 128 if rc > 128 else 0  # bwrap exits 128+N on signal N
     if why == "memory":
         err += f"\n[killed: its processes together reached the run's memory cap of {memory_mb} MB]"
-    status = ("timeout" if why == "timeout" or sig == signal.SIGXCPU else
-              "killed" if why in ("output", "memory") or sig == signal.SIGKILL else
-              "ok" if rc == 0 else "runtime_error")
-    return Result(status=status, stdout=out, stderr=err, exit_code=rc, seconds=round(seconds, 3),
+    return Result(status=_status(rc, why), stdout=out, stderr=err, exit_code=rc, seconds=round(seconds, 3),
                   truncated=why == "output", peak_mb=peak)
 
 
@@ -285,7 +314,8 @@ def _commands(lang: str, source: str, w: str, memory_mb: int) -> tuple[str, list
 
 
 # Parse without running: Python's compile() and node --check (the interpreters' own compilers)
-CHECK = {"python": ["python3", "-I", "-S", "-c", "import sys; compile(open(sys.argv[1], 'rb').read(), 'main.py', 'exec')"],
+CHECK = {"python": ["python3", "-I", "-S", "-c",
+                    "import sys; compile(open(sys.argv[1], 'rb').read(), 'main.py', 'exec')"],
          "javascript": ["node", "--check"]}
 
 
