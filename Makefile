@@ -49,6 +49,8 @@ run: setup
 test: setup
 	@# the import layers and no cycles (pyproject.toml: tool.importlinter), before the suite
 	@out=$$(.venv/bin/lint-imports --no-cache) || { echo "$$out"; exit 1; }; echo "$$out" | tail -n 3
+	@# pyflakes, pycodestyle (lines under 120) and import order (pyproject.toml: tool.ruff)
+	.venv/bin/ruff check --no-cache .
 	CODEMCQ_BENCH_DATA=$(abspath $(BENCH_DATA)) $(PY) -m pytest -q -ra --durations=15  # the slowest tests, for the 30-minute budget
 
 # The recommended adapter (configs/finetuned.yaml answers with the committed copy in

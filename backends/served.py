@@ -28,7 +28,8 @@ def _alive(pid: int) -> bool:
 
 def register(label: str, url: str, pid: int, model: str) -> None:
     registry_dir().mkdir(parents=True, exist_ok=True)
-    atomic_write(registry_dir() / f"{label}.json", json.dumps({"label": label, "base_url": url, "pid": pid, "model": model}))
+    atomic_write(registry_dir() / f"{label}.json",
+                 json.dumps({"label": label, "base_url": url, "pid": pid, "model": model}))
 
 
 def unregister(label: str) -> None:

@@ -49,14 +49,16 @@ def server_command(cfg: BackboneConfig, port: int, host: str = "127.0.0.1") -> l
     if cfg.enforce_eager:
         cmd.append("--enforce-eager")
     limits = engine_limits(cfg)
-    cmd += ["--max-num-seqs", str(limits["max_num_seqs"]), "--max-num-batched-tokens", str(limits["max_num_batched_tokens"]),
+    cmd += ["--max-num-seqs", str(limits["max_num_seqs"]),
+            "--max-num-batched-tokens", str(limits["max_num_batched_tokens"]),
             "--enable-prefix-caching" if limits["enable_prefix_caching"] else "--no-enable-prefix-caching"]
     for key, value in cfg.engine_args.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]
     return cmd
 
 
-def launch(cfg: BackboneConfig, port: int | None = None, host: str = "127.0.0.1", log=None) -> tuple[subprocess.Popen, str]:
+def launch(cfg: BackboneConfig, port: int | None = None, host: str = "127.0.0.1",
+           log=None) -> tuple[subprocess.Popen, str]:
     """Start a server in its own process group (Ctrl-C in a terminal is ours to relay);
     returns (process, base_url) at once."""
     port = port or free_port(host)

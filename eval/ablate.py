@@ -72,7 +72,8 @@ def with_(cfg, **sections):
 def simplest(cfg):
     """The tuning's start: a graph with only the duplicate shortcut."""
     return with_(cfg, graph={"enabled": True}, answer={"orders": 1}, verify={"enabled": False},
-                 reanswer={"enabled": False}, retrieve={"enabled": True, "duplicates": True}, execute={"enabled": False})
+                 reanswer={"enabled": False}, retrieve={"enabled": True, "duplicates": True},
+                 execute={"enabled": False})
 
 
 class MemoIndex:
@@ -85,7 +86,8 @@ class MemoIndex:
     def query(self, questions, min_score=0.0, **_):
         todo = [q for q in questions if q.task_id not in self.memo]
         if todo:
-            self.memo.update((q.task_id, r) for q, r in zip(todo, self.index.query(todo, k=self.k, min_score=min_score)))
+            self.memo.update((q.task_id, r)
+                             for q, r in zip(todo, self.index.query(todo, k=self.k, min_score=min_score)))
         return [self.memo[q.task_id] for q in questions]
 
     def get(self, task_id):
@@ -128,7 +130,8 @@ def tune(cfg, models, index, z, log):
                 continue
             got = dev_right(c, models, index)
             keep = significant(got, best, z)
-            log(f"  {'KEPT' if keep else 'no  '} dev {len(got)}/{n} (+{len(got - best)} -{len(best - got)}) {name} = {patch}")
+            log(f"  {'KEPT' if keep else 'no  '} dev {len(got)}/{n} (+{len(got - best)} -{len(best - got)}) "
+                f"{name} = {patch}")
             if keep:
                 best, cfg = got, c
     return cfg, len(best) / n
@@ -147,8 +150,10 @@ def rows_for(tuned):
     if tuned.execute.enabled:
         rows["full - execute"] = with_(tuned, execute={"enabled": False})
         for kind in ("output", "error", "examples", "compile"):  # each kind of evidence a run gives
-            trust = [k for k in tuned.execute.trust if k != kind] if kind in tuned.execute.trust else [*tuned.execute.trust, kind]
-            rows[f"full {'-' if kind in tuned.execute.trust else '+'} {kind} evidence"] = with_(tuned, execute={"trust": trust})
+            trust = ([k for k in tuned.execute.trust if k != kind] if kind in tuned.execute.trust
+                     else [*tuned.execute.trust, kind])
+            rows[f"full {'-' if kind in tuned.execute.trust else '+'} {kind} evidence"] = with_(
+                tuned, execute={"trust": trust})
         if tuned.execute.eliminate:
             rows["full - elimination"] = with_(tuned, execute={"eliminate": []})
     else:
@@ -170,7 +175,8 @@ def rows_for(tuned):
 
 
 def report(m, tuned, index, time_n, only=None):
-    rows = {k: m.on(c) for k, c in rows_for(tuned).items() if not only or k in only or k in ("baseline (single pass)", "full graph")}
+    rows = {k: m.on(c) for k, c in rows_for(tuned).items()
+            if not only or k in only or k in ("baseline (single pass)", "full graph")}
     timed_qs = m.test[:time_n]
     timed = {}
     for _ in range(2):  # interleaved, best of two: the machine is shared
@@ -206,8 +212,8 @@ def main():
     ap.add_argument("--time-n", type=int, default=128)
     ap.add_argument("--z", type=float, default=2.0, help="significance a tuning change needs (0: any gain)")
     ap.add_argument("--no-tune", action="store_true", help="report the config as it is")
-    ap.add_argument("--rows", default=None, help="report only these rows (comma-separated), besides baseline and full graph: "
-                                                 "for a slow model")
+    ap.add_argument("--rows", default=None, help="report only these rows (comma-separated), besides baseline and "
+                                                 "full graph: for a slow model")
     ap.add_argument("--out", default=str(ROOT / "eval" / "results" / "ablation"))
     args = ap.parse_args()
 
@@ -235,7 +241,8 @@ def main():
               f"{dev_acc:.4f}; a change kept only with net flips >= {args.z} sd)")
     lines = [f"Graph ablation: {tuning}; reported on split test; index: split train.", "",
              (f"Tuned: duplicates {tuned.retrieve.duplicates}, execute {tuned.execute.enabled} (trusted: "
-              f"{', '.join(tuned.execute.trust)}; eliminating: {', '.join(tuned.execute.eliminate) or 'none'}), option orders {tuned.answer.orders}, verify "
+              f"{', '.join(tuned.execute.trust)}; eliminating: {', '.join(tuned.execute.eliminate) or 'none'}), "
+              f"option orders {tuned.answer.orders}, verify "
              f"{tuned.verify.enabled}, reanswer {tuned.reanswer.enabled} (examples: floor {tuned.retrieve.floor}, "
              f"k {tuned.retrieve.k}), graph.accept {tuned.graph.accept}, verify.accept {tuned.verify.accept}, "
              f"reanswer.weight {tuned.reanswer.weight}."), ""]
@@ -251,8 +258,9 @@ def main():
     md = "\n".join(lines) + "\n"
     print(md)
     (out / "ablation.md").write_text(md)
-    (out / "ablation.json").write_text(json.dumps({"models": results, "tuned": tuned.model_dump(), "dev_accuracy": dev_acc,
-                                                   "dev_n": len(dev), "test_n": len(test)}, indent=2) + "\n")
+    (out / "ablation.json").write_text(json.dumps({"models": results, "tuned": tuned.model_dump(),
+                                                   "dev_accuracy": dev_acc, "dev_n": len(dev), "test_n": len(test)},
+                                                  indent=2) + "\n")
     (out / "tuned.yaml").write_text(yaml.safe_dump(tuned.model_dump(exclude={"name", "backbones"}), sort_keys=False))
 
 

@@ -48,18 +48,21 @@ def candidates(cfg, orders: list[int]) -> dict:
     rows = {}
     for b in cfg.backbones:
         rows[f"{b.label} single pass"] = cfg.with_backbones(b).model_copy(update={
-            "graph": cfg.graph.model_copy(update={"enabled": False}), "answer": cfg.answer.model_copy(update={"orders": 1})})
+            "graph": cfg.graph.model_copy(update={"enabled": False}),
+            "answer": cfg.answer.model_copy(update={"orders": 1})})
     for b in cfg.backbones:
         for k in orders:
             for debiased in (False, True):
-                rows[f"{b.label} alone, {k} order{'s' * (k > 1)}{', debiased' * debiased}"] = variant([b], k, RULES["mean"], debiased)
+                rows[f"{b.label} alone, {k} order{'s' * (k > 1)}{', debiased' * debiased}"] = variant(
+                    [b], k, RULES["mean"], debiased)
     groups = [g for n in range(len(cfg.backbones), 1, -1) for g in itertools.combinations(cfg.backbones, n)]
     for group in groups:  # every backbone, then each smaller group: does the vote keep the weakest?
         who = "" if len(group) == len(cfg.backbones) else f" ({' + '.join(b.label for b in group)})"
         for k in orders:
             for debiased in (False, True):
                 for name, vote in RULES.items():
-                    rows[f"vote {name}{who}, {k} order{'s' * (k > 1)}{', debiased' * debiased}"] = variant(group, k, vote, debiased)
+                    rows[f"vote {name}{who}, {k} order{'s' * (k > 1)}{', debiased' * debiased}"] = variant(
+                        group, k, vote, debiased)
     return rows
 
 
@@ -125,7 +128,8 @@ def main():
     lines = [f"Voting ablation: {', '.join(b.model for b in cfg.backbones)}; graph of {args.config} "
              f"(duplicate shortcut {cfg.retrieve.enabled and cfg.retrieve.duplicates}); chosen on train.csv split dev "
              f"({len(dev)} questions), reported on split test ({len(test)} questions).", "",
-             f"Recommended (best vote row on dev, {dev_acc[best]:.4f}): **{best}**; best single backbone on dev: {single}.", "",
+             f"Recommended (best vote row on dev, {dev_acc[best]:.4f}): **{best}**; best single backbone on dev: "
+             f"{single}.", "",
              *markdown(table), "",
              f"Flips against {first}. s/q: uncached, best of two interleaved runs over the first {args.time_n} test "
              "questions; in-process engines answer one after the other.", ""]
@@ -140,7 +144,8 @@ def main():
     (out / "recommended.yaml").write_text(yaml.safe_dump({"answer": {"orders": chosen.answer.orders},
                                                           "vote": chosen.vote.model_dump()}, sort_keys=False))
     per_q = {name: {q.task_id: p[q.task_id].letter for q in test} for name, p in preds.items()}
-    (out / "test_letters.json").write_text(json.dumps({"labels": {q.task_id: q.answer for q in test}, "rows": per_q}) + "\n")
+    (out / "test_letters.json").write_text(json.dumps({"labels": {q.task_id: q.answer for q in test},
+                                                       "rows": per_q}) + "\n")
     chart(table, out / "vote.png", f"voting: accuracy on train.csv split test (n={len(test)})")
 
 

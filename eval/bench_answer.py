@@ -22,14 +22,10 @@ like the model's MLP (tokens x hidden x intermediate).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
-
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +45,8 @@ def prompt_flop(model_path: str, lengths: list[int]) -> tuple[float, int]:
     head = model.get_output_embeddings().weight
     total = sum(p.numel() for p in model.parameters())  # a tied head is counted once
     body = total - embed.numel() - (0 if head is embed else head.numel())
-    heads_dim = config.num_attention_heads * getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+    heads_dim = config.num_attention_heads * getattr(config, "head_dim",
+                                                     config.hidden_size // config.num_attention_heads)
     flop = sum(2 * body * t  # every linear layer, every token
                + 2 * config.num_hidden_layers * heads_dim * t * t  # QK^T and AV, causal: T^2/2 each, 2 FLOP a MAC
                + 2 * head.numel()  # the output head, at the last token only
@@ -151,7 +148,8 @@ def main():
     achieved = flop / med["solver"]
     print(f"share of peak: {n_tok / med['solver']:.0f} prompt tokens/s x {flop / n_tok / 1e6:.0f} MFLOP/token "
           f"({body / 1e6:.0f}M non-embedding parameters, attention, head) = {achieved / 1e9:.1f} GFLOP/s; "
-          f"{bb.dtype} matmul {'x'.join(map(str, shape))} on {torch.get_num_threads()} threads: {peak / 1e9:.1f} GFLOP/s; "
+          f"{bb.dtype} matmul {'x'.join(map(str, shape))} on {torch.get_num_threads()} threads: "
+          f"{peak / 1e9:.1f} GFLOP/s; "
           f"the single pass reaches {achieved / peak:.0%} of it")
 
 

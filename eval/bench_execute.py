@@ -22,7 +22,6 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from report import Timer, bench_file, labelled  # noqa: E402
 
@@ -72,7 +71,8 @@ def main():
               f"| {c['narrowed']} | {c['narrowed_kept']} |")
     for tier in ("output", "error", "examples", "compile"):
         s, r, n = total[f"{tier} settled"], total[f"{tier} right"], total[f"{tier} narrowed"]
-        print(f"{tier}: settled {s} of {len(qs)} questions ({s / max(len(qs), 1):.1%}), precision {r / s if s else 0:.2f}; "
+        print(f"{tier}: settled {s} of {len(qs)} questions ({s / max(len(qs), 1):.1%}), "
+              f"precision {r / s if s else 0:.2f}; "
               f"narrowed {n} to {total[f'{tier} options_left'] / max(n, 1):.1f} options, the label kept in "
               f"{total[f'{tier} narrowed_kept']}")
 

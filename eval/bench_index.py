@@ -28,16 +28,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPIC_SPREAD = 0.8  # clustered: sub-cluster centres around a unit-variance topic centre
 SPREAD = 1.0  # clustered: points around their sub-cluster centre (per dimension)
-sys.path.insert(0, str(ROOT))
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
@@ -97,7 +94,8 @@ def bench_embed(texts: list[str], rounds: int = 2) -> None:
     for name in models:
         print(f"  {name:>8}: {len(texts) / best[name]:7.1f} texts/s  {pieces / best[name]:8.0f} word pieces/s")
     cos = (vecs["float32"] * vecs["bfloat16"]).sum(1)
-    print(f"  bf16 / fp32 speed-up {best['float32'] / best['bfloat16']:.2f}x; cosine(fp32, bf16) min {cos.min():.5f} mean {cos.mean():.5f}")
+    print(f"  bf16 / fp32 speed-up {best['float32'] / best['bfloat16']:.2f}x; "
+          f"cosine(fp32, bf16) min {cos.min():.5f} mean {cos.mean():.5f}")
 
 
 def _threads() -> int:
@@ -112,13 +110,15 @@ def _threads() -> int:
 def bench_train(data: Path, queries_from: Path, dtype: str, n_single: int, n_batch: int) -> None:
     solved = labelled(data)
     test = load_questions(queries_from).questions
-    print(f"\n== train: Index.build on {data.name} ({len(solved)} questions, dtype {dtype}), queries from {queries_from.name}")
+    print(f"\n== train: Index.build on {data.name} ({len(solved)} questions, dtype {dtype}), "
+          f"queries from {queries_from.name}")
     with Timer() as t:
         ix = Index.build(solved, dtype=dtype, source=data)
     total = t.seconds
     m = ix.manifest
     print(f"  build {total:.1f} s: embedding {m['embed_seconds']:.1f} s "
-          f"({len(solved) / m['embed_seconds']:.1f} texts/s), FAISS flat {m['build_seconds'] - m['embed_seconds']:.3f} s")
+          f"({len(solved) / m['embed_seconds']:.1f} texts/s), "
+          f"FAISS flat {m['build_seconds'] - m['embed_seconds']:.3f} s")
     rng = np.random.default_rng(0)
     pick = [test[i] for i in rng.choice(len(test), min(n_single, len(test)), replace=False)]
     ix.query(pick[:4], k=5)  # warm-up
@@ -133,7 +133,8 @@ def bench_train(data: Path, queries_from: Path, dtype: str, n_single: int, n_bat
         with Timer() as t:
             ix.search(v[None], 5 + 8)
         faiss_only.append(t.seconds)
-    print(f"  single query (embed + search + duplicate): p50 {ms(pct(single, 50))} p99 {ms(pct(single, 99))} over {len(pick)}")
+    print(f"  single query (embed + search + duplicate): p50 {ms(pct(single, 50))} p99 {ms(pct(single, 99))} "
+          f"over {len(pick)}")
     print(f"  single query, FAISS flat search alone:     p50 {ms(pct(faiss_only, 50))} p99 {ms(pct(faiss_only, 99))}")
     batch = test[:n_batch]
     with Timer() as t:
@@ -142,7 +143,8 @@ def bench_train(data: Path, queries_from: Path, dtype: str, n_single: int, n_bat
     print(f"  batched ({len(batch)} questions, one call): {b:.2f} s, {ms(b / len(batch))} per question; "
           f"{sum(r.duplicate is not None for r in res)} exact duplicates among them")
     dups = ix.query(test, k=0)
-    print(f"  exact duplicates over all {len(test)} test questions: {sum(r.duplicate is not None for r in dups)} answered, "
+    print(f"  exact duplicates over all {len(test)} test questions: "
+          f"{sum(r.duplicate is not None for r in dups)} answered, "
           f"{sum(r.duplicate is None and r.note is not None for r in dups)} refused")
     # recall of the approximate kinds on the real vectors (the train vectors, re-embedded test queries)
     vectors = np.vstack([ix._cpu.reconstruct(i) for i in range(ix._cpu.ntotal)])
@@ -150,7 +152,8 @@ def bench_train(data: Path, queries_from: Path, dtype: str, n_single: int, n_bat
     for kind in ("ivf", "hnsw"):
         approx = Index.from_vectors(solved, vectors, kind=kind, dtype=dtype)
         _, got = approx.search(qv, 5)
-        print(f"  {kind}: recall@5 vs flat on real vectors {recall_at(truth, got):.3f} ({approx.manifest['index_params']})")
+        print(f"  {kind}: recall@5 vs flat on real vectors {recall_at(truth, got):.3f} "
+              f"({approx.manifest['index_params']})")
 
 
 # ---- scale -----------------------------------------------------------------------------
@@ -215,8 +218,10 @@ def bench_scale(n: int, d: int, data_kind: str, n_queries: int) -> None:
             batched = t.seconds / len(queries)
             p50, p99 = single_latency(index, queries)
             default = value == (DEFAULT_NPROBE if kind == "ivf" else DEFAULT_EF_SEARCH)
-            rows.append((kind + (" *" if default else ""), label, size, build, p50, p99, batched, recall_at(truth, got)))
-    print(f"  {'kind':<7}{'parameters':<26}{'bytes':>14}{'build s':>9}{'single p50':>13}{'single p99':>13}{'batched/q':>12}{'recall@5':>10}")
+            rows.append((kind + (" *" if default else ""), label, size, build, p50, p99, batched,
+                         recall_at(truth, got)))
+    print(f"  {'kind':<7}{'parameters':<26}{'bytes':>14}{'build s':>9}{'single p50':>13}{'single p99':>13}"
+          f"{'batched/q':>12}{'recall@5':>10}")
     for kind, label, size, build, p50, p99, batched, rec in rows:
         print(f"  {kind:<7}{label:<26}{size:>14,}{build:>9.1f}{ms(p50):>13}{ms(p99):>13}{ms(batched):>12}{rec:>10.3f}")
     print("  (* = the default; memory is the serialized index: vectors n*d*4 plus IVF centroids/ids or HNSW links)")
@@ -227,7 +232,8 @@ def main():
     ap.add_argument("--data", **bench_file())
     ap.add_argument("--queries-from", **bench_file("test.csv"))
     ap.add_argument("--n-embed", type=int, default=256, help="texts for the fp32/bf16 throughput comparison")
-    ap.add_argument("--dtype", default="auto", help="dtype of the train build: auto (bf16 where native), float32, bfloat16")
+    ap.add_argument("--dtype", default="auto", help="dtype of the train build: auto (bf16 where native), "
+                                                    "float32, bfloat16")
     ap.add_argument("--n-single", type=int, default=100, help="single questions timed in the train part")
     ap.add_argument("--n-batch", type=int, default=256, help="questions in the batched query")
     ap.add_argument("--scale", default="100000,1000000", help="comma-separated vector counts for the scale part")
@@ -257,7 +263,8 @@ def main():
     for n in [int(s) for s in args.scale.split(",") if s.strip()]:
         for kind in kinds:
             bench_scale(n, args.dim, kind, args.n_queries)
-    print(f"\nsettings: nprobe {DEFAULT_NPROBE}, efSearch {DEFAULT_EF_SEARCH}; nlist(100k) = {ivf_nlist(100_000)}, nlist(1M) = {ivf_nlist(1_000_000)}")
+    print(f"\nsettings: nprobe {DEFAULT_NPROBE}, efSearch {DEFAULT_EF_SEARCH}; "
+          f"nlist(100k) = {ivf_nlist(100_000)}, nlist(1M) = {ivf_nlist(1_000_000)}")
 
 
 if __name__ == "__main__":

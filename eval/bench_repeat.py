@@ -28,7 +28,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from backends.hardware import machine, pick_dtype  # noqa: E402
 from core.config import load_config, read_yaml  # noqa: E402
@@ -40,7 +39,8 @@ def solver_cmd(code: Path, *args: str) -> list[str]:
     return [sys.executable, "-c", boot, *args]
 
 
-def run(code: Path, data: str, out: Path, cfg: Path, limit: int, kill_after: int | None = None) -> tuple[int, float | None]:
+def run(code: Path, data: str, out: Path, cfg: Path, limit: int,
+        kill_after: int | None = None) -> tuple[int, float | None]:
     """(exit status, q/s) of one `solver run`; a finished run leaves `out`. `kill_after`: this
     checkout's code, SIGKILLed once that many batches are journaled (tests/faulty.py)."""
     args = ["run", "-i", data, "-o", str(out), "-c", str(cfg), "--limit", str(limit), "-q"]
@@ -107,8 +107,8 @@ def main():
             speeds.setdefault("this code", []).append(run(ROOT, args.data, csv[f"run {i}"], cfg, args.limit)[1])
             if base:
                 csv[f"baseline {i}"] = fresh(out / f"base{i}.csv")
-                speeds.setdefault(f"baseline {args.baseline}", []).append(run(base, args.data, csv[f"baseline {i}"], cfg,
-                                                                              args.limit)[1])
+                speeds.setdefault(f"baseline {args.baseline}", []).append(run(base, args.data, csv[f"baseline {i}"],
+                                                                              cfg, args.limit)[1])
         if args.invariant:
             csv["batch-invariant"] = fresh(out / "invariant.csv")
             speeds["batch_invariant: true"] = [run(ROOT, args.data, csv["batch-invariant"], inv, args.limit)[1]]

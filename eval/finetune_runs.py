@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                  if line.startswith("model name")), "?")
     flags = set(next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), []))
     bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags] or ["no native bf16"]
     return f"{model}, {os.cpu_count()} cores, {' '.join(bf16)}"
@@ -59,7 +60,8 @@ def main():
         c = s["cache_filled"]
         rows.append({"name": name, "overrides": overrides, "layers": f"{s['layers_trained']}/{s['layers']}",
                      "n_train": s["n_train"], "n_val": s["n_val"], "epochs": s["config"]["epochs"], "steps": s["steps"],
-                     "base_val": s["base_val_accuracy"], "best_val": s["best_val_accuracy"], "best_step": s["best_step"],
+                     "base_val": s["base_val_accuracy"], "best_val": s["best_val_accuracy"],
+                     "best_step": s["best_step"],
                      "cache_prompts": c["prompts"], "cache_s": c["seconds"],
                      "cache_tok_s": round(c["tokens"] / c["seconds"], 1) if c["seconds"] else None,
                      "train_s": s["train_seconds"], "train_tok_s": s["train_tokens_per_s"],
@@ -75,7 +77,8 @@ def main():
 def table(meta: dict, rows: list[dict]) -> str:
     lines = [f"Machine: {meta['cpu']}; config {meta['config']}; dtype {rows[0]['dtype']}. Validation: the first "
              f"{rows[0]['n_val']} questions of split dev that fit, single pass, one order.", "",
-             "| variant | layers trained | n_train | epochs | val acc base -> best (step) | cache pass: prompts, s, tok/s "
+             "| variant | layers trained | n_train | epochs | val acc base -> best (step) "
+             "| cache pass: prompts, s, tok/s "
              "| train s | train tok/s | peak RSS MB |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         cache = (f"{r['cache_prompts']}, {r['cache_s']:.0f}, {r['cache_tok_s']}" if r["cache_prompts"]

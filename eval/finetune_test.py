@@ -19,7 +19,6 @@ from pathlib import Path
 from scipy.stats import binomtest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from core.data import in_split, load_questions  # noqa: E402
 from core.types import Prediction  # noqa: E402
@@ -51,7 +50,8 @@ def main():
     first = rows[0]["name"]
     n = len(labels)
     lines = [f"Split test of {Path(args.data).name}: {n} questions. Machine: {rows[0]['machine']}.", "",
-             "| configuration | accuracy [95% CI] | vs first: W->R / R->W (McNemar p) | questions/s | LLM prompts/q | prompt tokens/q |",
+             "| configuration | accuracy [95% CI] | vs first: W->R / R->W (McNemar p) | questions/s "
+             "| LLM prompts/q | prompt tokens/q |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         right = {t for t in labels if letters[r["name"]][t] == labels[t]}
@@ -66,7 +66,8 @@ def main():
                      f"{r['prompts_per_q']:.2f} | {r['tokens_per_q']:.0f} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"labels": labels, "rows": rows, "letters": letters}, indent=1) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"labels": labels, "rows": rows, "letters": letters},
+                                                   indent=1) + "\n")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

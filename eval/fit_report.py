@@ -7,7 +7,8 @@ Reads three runs of the config with the rules deciding, each journaled: split tr
 `solver fit --config C --labelled TRAIN` answered; its journal under the cache's fit/),
 and split dev and test (`solver eval --data TRAIN --split dev|test --labelled TRAIN --config C
 --json RUNS/NAME-rules-SPLIT.json`); a run with --limit counts the questions it answered.
-Fits on split train only (graphs/fit.py: the same evidence and fits as `solver fit`) and applies each fit to the dev and test answers as the graph's settle
+Fits on split train only (graphs/fit.py: the same evidence and fits as `solver fit`) and applies
+each fit to the dev and test answers as the graph's settle
 and decide steps do (Fitted.decide): the LLM's answers are the journaled ones, so every row
 reads the same votes. Rows: the rules; the fit with every feature group; without `text`
 (the question's own text: how the benchmark built its questions); without `text` and `prior`
@@ -124,7 +125,8 @@ def main() -> None:
             for t, (letter, by) in got[s].items():
                 letters[s].setdefault(t, {"kind": kind_of(next(q for q in questions[s] if q.task_id == t))})
                 letters[s][t][name] = letter
-        print(f"{name:38s} dev {pct(results[name]['dev']['all'])}  test {pct(results[name]['test']['all'])}", flush=True)
+        print(f"{name:38s} dev {pct(results[name]['dev']['all'])}  test {pct(results[name]['test']['all'])}",
+              flush=True)
 
     curve = []
     reach, asked = collect(cfg, questions["train"], preds["train"], Path(args.data), args.folds)

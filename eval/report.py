@@ -9,8 +9,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+from backends.hardware import library_defaults
+
+library_defaults()  # what the solver tells the libraries, for every eval script (they import this first)
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # no log file here: vLLM's INFO lines would fill the terminal
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +54,8 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, 
     return times
 
 
-HEADER = ["| configuration | accuracy [95% CI] | R->W / W->R flips | LLM prompts/q | prompt tokens/q | sandboxed runs/q | s/q |",
+HEADER = ["| configuration | accuracy [95% CI] | R->W / W->R flips | LLM prompts/q | prompt tokens/q "
+          "| sandboxed runs/q | s/q |",
           "| --- | --- | --- | --- | --- | --- | --- |"]
 
 
@@ -64,7 +67,9 @@ def backbone_pair(bcfg):
     from core.cache import cache_path
 
     raw = make_backbone(bcfg)
-    answers = bcfg.model_dump(include={"model", "tokenizer", "lora", "merge_lora", "max_model_len"}) | {"dtype": run_dtype(bcfg)}  # what sets an answer
+    # what sets an answer
+    answers = bcfg.model_dump(include={"model", "tokenizer", "lora", "merge_lora",
+                                       "max_model_len"}) | {"dtype": run_dtype(bcfg)}
     answers["model"] = os.path.expanduser(answers["model"])  # one cache, however the path was spelt
     key = CachedBackbone.key(str(answers), [])[:12]
     return raw, CachedBackbone(raw, cache_path("llm", f"{Path(bcfg.model).stem}-{key}.jsonl"))
@@ -76,14 +81,14 @@ def dev_test(data, dev_n=None, test_n=None):
 
 
 def run(cfg, backbones: dict, index, questions):
-    """Predictions (by task_id) and seconds, in the batches `solver run` uses."""
+    """Predictions (by task_id) and seconds: `solver run`'s batches, through its runner."""
     from solver.api import Solver
+    from solver.runner import answer_all
 
-    solver, preds = Solver(cfg, index=index, backbones=backbones), {}
+    solver = Solver(cfg, index=index, backbones=backbones)
     with Timer() as t:
         solver.prepare(questions)  # the vote's position priors, from the whole input as `solver run` does
-        for i in range(0, len(questions), cfg.answer.batch_size):
-            preds.update((p.task_id, p) for p in solver.solve_batch(questions[i : i + cfg.answer.batch_size]))
+        preds, _, _ = answer_all(lambda: solver, questions, None, cfg.answer.batch_size, quiet=True)
     return preds, t.seconds
 
 

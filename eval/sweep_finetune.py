@@ -1,6 +1,7 @@
 """Finetune data-size sweep: accuracy on held-out questions against the number of training questions.
 
-Usage: python eval/sweep_finetune.py [--config configs/finetune.yaml] [--data TRAIN (default: $CODEMCQ_BENCH_DATA/train.csv)]
+Usage: python eval/sweep_finetune.py [--config configs/finetune.yaml]
+                                     [--data TRAIN (default: $CODEMCQ_BENCH_DATA/train.csv)]
                                      [--sizes 1000,200] [--test-n N] [--out DIR]
 
 For each size, `solver finetune` on the first N questions of the config's train split
@@ -87,7 +88,8 @@ def chart(points, path, title):
     def draw(ax):
         xs = [p["n_train"] for p in points]
         acc = [p["accuracy"] for p in points]
-        ax.errorbar(xs, acc, yerr=[[a - p["lo"] for a, p in zip(acc, points)], [p["hi"] - a for a, p in zip(acc, points)]],
+        ax.errorbar(xs, acc, yerr=[[a - p["lo"] for a, p in zip(acc, points)],
+                                   [p["hi"] - a for a, p in zip(acc, points)]],
                     marker="o", capsize=3)
         ax.set_xlabel("training questions (0: the base model)")
         ax.set_ylabel("accuracy (95% interval)")

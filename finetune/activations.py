@@ -122,7 +122,8 @@ class ActivationCache:
                 todo.append(i)
         return todo
 
-    def fill(self, model, prompts: Sequence[Sequence[int]], progress: Callable[[int, int], None] | None = None) -> list[int]:
+    def fill(self, model, prompts: Sequence[Sequence[int]],
+             progress: Callable[[int, int], None] | None = None) -> list[int]:
         """Compute and store every prompt not yet here; the indices computed. One writer at a time."""
         with open(self.dir / "lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

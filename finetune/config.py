@@ -26,7 +26,8 @@ class FinetuneConfig(Strict):
     gpu_layers: int | None = Field(None, gt=0)  # the same on a CUDA GPU (null: full LoRA, affordable there)
     cache_layer: int | None = Field(None, ge=0)  # cache the input of this layer instead of the first trained one
     # (lower: one cache serves several `layers`; the layers between run frozen each step)
-    loss: Literal["vocab", "letters"] = "vocab"  # the answer letter against the whole vocabulary or only the options' letters
+    # the answer letter against the whole vocabulary or only the options' letters
+    loss: Literal["vocab", "letters"] = "vocab"
     # Optimisation: AdamW on the adapter, linear warmup then linear decay to 0
     epochs: float = Field(1.0, gt=0)  # fractions allowed: 0.5 is half the batches of one epoch
     lr: float = 2e-4
@@ -46,11 +47,13 @@ class FinetuneConfig(Strict):
     retrieval: bool = False
     k: int = Field(3, ge=0)
     min_score: float = 0.5  # neighbours below this cosine are never examples
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: solver.hardware (bf16 where native, fp16 on old GPUs, else fp32)
+    # auto: solver.hardware (bf16 where native, fp16 on old GPUs, else fp32)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     merge: bool = True  # also write the base with the best adapter merged in (out/merged), for vLLM
 
     @model_validator(mode="after")
     def _apart(self):
         if self.train_split == self.val_split:
-            raise ValueError(f"train_split and val_split are both '{self.val_split}': validation would see training rows")
+            raise ValueError(f"train_split and val_split are both '{self.val_split}': validation would see "
+                             "training rows")
         return self

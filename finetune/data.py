@@ -32,7 +32,8 @@ def letter_token_ids(tokenizer, letters: list[str]) -> list[int]:
     for letter in letters:
         tid = tokenizer.convert_tokens_to_ids(letter)
         if not isinstance(tid, int) or tid == tokenizer.unk_token_id or tokenizer.decode([tid]) != letter:
-            raise ModelError(f"model '{tokenizer.name_or_path}': its tokenizer has no single token for the letter '{letter}'")
+            raise ModelError(f"model '{tokenizer.name_or_path}': its tokenizer has no single token for the letter "
+                             f"'{letter}'")
         ids.append(tid)
     return ids
 

@@ -215,8 +215,8 @@ def _trainer(model, train: list[Example], val: list[Example], collate: Collate, 
         label_names=["answer"], remove_unused_columns=False,
         use_cpu=device == "cpu", fp16=dtype == torch.float16, dataloader_num_workers=0,
     )
-    trainer = AnswerTrainer(model=model, args=args, train_dataset=items(train), eval_dataset=items(val), data_collator=collate,
-                            compute_metrics=accuracy, callbacks=[Report()])
+    trainer = AnswerTrainer(model=model, args=args, train_dataset=items(train), eval_dataset=items(val),
+                            data_collator=collate, compute_metrics=accuracy, callbacks=[Report()])
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the summary has the history
     return trainer
 
@@ -316,7 +316,8 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig, progress: S
     atomic_dir(out / "adapter", trainer.model.save_pretrained)  # the best checkpoint's adapter
     state = trainer.state
     history = _history(state.log_history, base)
-    best = next((h for h in history[1:] if h["step"] == int(Path(state.best_model_checkpoint).name.split("-")[-1])), history[-1])
+    best = next((h for h in history[1:] if h["step"] == int(Path(state.best_model_checkpoint).name.split("-")[-1])),
+                history[-1])
     del model, trainer  # the merge loads a fresh base
     if cfg.merge:
         merge_adapter(path, out / "adapter", out / "merged")
@@ -327,7 +328,8 @@ def finetune(data: str | Path, out: str | Path, cfg: FinetuneConfig, progress: S
         "dtype": str(dtype).removeprefix("torch."), "layers_trained": n_layers - start, "layers": n_layers,
         "cache_layer": cache_layer or None, "n_train": len(train), "n_val": len(val),
         "dropped_too_long": {"train": train_too_long, "val": val_too_long}, "steps": state.max_steps,
-        "cache_filled": cached, "train_seconds": round(result.metrics["train_runtime"], 3), "resumed": checkpoint is not None,
+        "cache_filled": cached, "train_seconds": round(result.metrics["train_runtime"], 3),
+        "resumed": checkpoint is not None,
         "train_tokens_per_s": None if checkpoint else round(tokens * cfg.epochs / result.metrics["train_runtime"], 1),
         "base_val_accuracy": base["val_accuracy"], "base_val_loss": base["val_loss"],
         "best_step": best["step"], "best_val_accuracy": best["val_accuracy"], "best_val_loss": best["val_loss"],

@@ -246,7 +246,8 @@ class Index:
             raise IndexLoadError(f"{folder}: no manifest.json (not an index folder, or a build that did not finish)")
         try:
             manifest = json.loads(mpath.read_text(encoding="utf-8"))
-            count, dim, built_with = int(manifest["count"]), int(manifest["dimension"]), str(manifest["embedding_model"])
+            count, dim, built_with = (int(manifest["count"]), int(manifest["dimension"]),
+                                      str(manifest["embedding_model"]))
             files = {name: str(manifest["files"][name]) for name in FILES}
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
             raise IndexLoadError(f"{mpath}: not a valid index manifest ({type(e).__name__}: {e})") from None
@@ -261,19 +262,23 @@ class Index:
         try:
             cpu_index = faiss.read_index(str(folder / "index.faiss"))
         except RuntimeError as e:
-            raise IndexLoadError(f"{folder / 'index.faiss'}: not a readable FAISS index ({str(e).strip().splitlines()[-1]})") from None
+            raise IndexLoadError(f"{folder / 'index.faiss'}: not a readable FAISS index "
+                                 f"({str(e).strip().splitlines()[-1]})") from None
         records = []
         with (folder / "metadata.jsonl").open(encoding="utf-8") as f:
             for i, line in enumerate(f, 1):
                 try:
                     q = Question.model_validate_json(line)
                 except ValidationError as e:
-                    raise IndexLoadError(f"{folder / 'metadata.jsonl'}: line {i}: not a stored question ({e.errors()[0]['msg']})") from None
+                    raise IndexLoadError(f"{folder / 'metadata.jsonl'}: line {i}: not a stored question "
+                                         f"({e.errors()[0]['msg']})") from None
                 if q.answer is None or q.answer not in q.letters:
-                    raise IndexLoadError(f"{folder / 'metadata.jsonl'}: line {i}: answer {q.answer!r} is not one of {q.letters}")
+                    raise IndexLoadError(f"{folder / 'metadata.jsonl'}: line {i}: answer {q.answer!r} "
+                                         f"is not one of {q.letters}")
                 records.append(q)
         if not (cpu_index.ntotal == len(records) == count):
-            raise IndexLoadError(f"{folder}: counts differ (index {cpu_index.ntotal}, metadata {len(records)}, manifest {count})")
+            raise IndexLoadError(f"{folder}: counts differ (index {cpu_index.ntotal}, metadata {len(records)}, "
+                                 f"manifest {count})")
         if cpu_index.d != dim:
             raise IndexLoadError(f"{folder}: index dimension {cpu_index.d}, manifest {dim}")
         params = manifest.setdefault("index_params", {})
@@ -349,7 +354,8 @@ class Index:
             f"exact copy of {ids} (stored answer {first.answer}, this question's {letter})")
 
     def query(self, questions: list[Question], k: int = 5, min_score: float = 0.5, *,
-              exclude_same_text: bool = True, batch_size: int = 64, progress: Progress | None = None) -> list[QueryResult]:
+              exclude_same_text: bool = True, batch_size: int = 64,
+              progress: Progress | None = None) -> list[QueryResult]:
         """Exact duplicates and the top-k neighbours (cosine >= min_score) of each question.
 
         A question never finds itself: stored rows with its task_id, or (exclude_same_text)

@@ -120,7 +120,8 @@ def run(
             fail(f"{len(unread)} answers could not be read (first: {unread[0]}); answered ones are journaled, "
                  "run again to retry", 1)
         atomic_write(output, submission_csv(questions, preds))
-        out.print(f"wrote {output.resolve()} ({len(questions)} answers; {fresh} new at {rate(fresh, secs) or 0:.2f} q/s; "
+        out.print(f"wrote {output.resolve()} ({len(questions)} answers; "
+                  f"{fresh} new at {rate(fresh, secs) or 0:.2f} q/s; "
                   f"{stats.get('truncated', 0)} cut to fit the context)", highlight=False)
         if fresh:
             out.print(_ran_on(cfg), highlight=False)
@@ -222,7 +223,8 @@ def fit(
     labelled: Path = typer.Option(..., "--labelled", "-l", help="Your solved questions (CSV, JSONL or parquet, with "
                                   "answers); fitted on their hash split train."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="The folder to write the fitted decision to."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="The solver YAML config to fit the decision of."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="The solver YAML config to fit the "
+                                          "decision of."),
     folds: int = typer.Option(5, "--folds", help="Folds for the out-of-fold metrics and gate thresholds."),
     seed: int = typer.Option(0, "--seed", help="The fit's seed (the same seed, the same artifact)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Fit on only the first N questions of split train."),
@@ -248,7 +250,8 @@ def fit(
         m = fitted.manifest
         o = m["out_of_fold"]
         out.print(f"wrote {out_dir} (fitted on {m['questions']['asked']} answered of {len(questions)} questions of "
-                  f"split train{skipped_note(loaded)}); out of fold, per kind: ranker / the vote (rules)", highlight=False)
+                  f"split train{skipped_note(loaded)}); out of fold, per kind: ranker / the vote (rules)",
+                  highlight=False)
         for kind in o["ranker"]:
             (r, n), (v, _) = o["ranker"][kind], o["vote"][kind]
             if n:
@@ -261,8 +264,8 @@ def fit(
 
 @app.command()
 def finetune(
-    data: Path = typer.Option(..., "--labelled", "-l", help="Your solved questions (CSV, JSONL or parquet, with answers); "
-                              "trained on their hash split train, validated on dev."),
+    data: Path = typer.Option(..., "--labelled", "-l", help="Your solved questions (CSV, JSONL or parquet, with "
+                              "answers); trained on their hash split train, validated on dev."),
     run_dir: Path = typer.Option(..., "--out", "-o", help="Run folder: adapter/, merged/, run.json."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Finetune YAML config."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -286,7 +289,8 @@ def finetune(
 
                 summary = train(data, run_dir, load_config(config, FinetuneConfig), progress=progress)
         merged = f"; merged model: {run_dir / 'merged'}" if (run_dir / "merged" / "config.json").is_file() else ""
-        out.print(f"adapter: {run_dir / 'adapter'}{merged}; validation accuracy {summary['base_val_accuracy']:.4f} (base) -> "
+        out.print(f"adapter: {run_dir / 'adapter'}{merged}; "
+                  f"validation accuracy {summary['base_val_accuracy']:.4f} (base) -> "
                   f"{summary['best_val_accuracy']:.4f} at step {summary['best_step']}/{summary['steps']} "
                   f"on {summary['n_val']} questions", highlight=False)
         log_note()

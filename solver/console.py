@@ -150,8 +150,8 @@ class RateColumn(ProgressColumn):
 def progress_bar(unit: str, disable: bool = False, console: Console | None = None) -> Progress:
     """The one progress bar: description, bar, done/total, rate, elapsed, time left (on
     stderr); its clock is time.perf_counter, which the summaries' timings use too."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit), TimeElapsedColumn(),
-               TimeRemainingColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit),
+               TimeElapsedColumn(), TimeRemainingColumn())
     return Progress(*columns, console=console or err, disable=disable, transient=False, get_time=time.perf_counter)
 
 

@@ -22,11 +22,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split
 def build(
     data: Path = typer.Option(..., "--data", "-d", help="Labelled questions (CSV, JSONL or parquet)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Index folder to write (replaced if it is an index)."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Embedding model: the embedded name, a local folder or a hub id."),
-    kind: str = typer.Option("auto", "--kind", help="flat (exact), ivf or hnsw (approximate); auto: flat below 100k questions, else ivf."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Embedding model: the embedded name, a local "
+                              "folder or a hub id."),
+    kind: str = typer.Option("auto", "--kind", help="flat (exact), ivf or hnsw (approximate); auto: flat below 100k "
+                             "questions, else ivf."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF: lists probed per query (default 32)."),
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW: candidates kept per query (default 96)."),
-    dtype: str = typer.Option("auto", "--dtype", help="Encoder precision: auto (bf16 where the hardware computes it natively, else float32), float32, bfloat16 or float16."),
+    dtype: str = typer.Option("auto", "--dtype", help="Encoder precision: auto (bf16 where the hardware computes it "
+                              "natively, else float32), float32, bfloat16 or float16."),
     batch_size: int = typer.Option(64, "--batch-size", help="Texts per embedding batch."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -40,8 +43,9 @@ def build(
                              progress=progress, source=data, skipped=dict(loaded.skipped), dtype=dtype)
         ix.save(out_dir)
     m = ix.manifest
-    out.print(f"indexed {m['count']} questions from {data} into {out_dir} ({m['index_kind']}, {m['dimension']} dimensions, "
-              f"{m['embedding_model']}; {m['build_seconds']:.1f} s{skipped_note(loaded)})", highlight=False, soft_wrap=True)
+    out.print(f"indexed {m['count']} questions from {data} into {out_dir} ({m['index_kind']}, "
+              f"{m['dimension']} dimensions, {m['embedding_model']}; {m['build_seconds']:.1f} s{skipped_note(loaded)})",
+              highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -50,10 +54,12 @@ def query(
     input: Path = typer.Option(..., "--input", "-i", help="Questions (CSV, JSONL or parquet)."),
     k: int = typer.Option(5, "--k", "-k", min=0, help="Neighbours per question."),
     min_score: float = typer.Option(0.5, "--min-score", help="Smallest cosine score of a neighbour."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Must be the index's embedding model (default: it)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Must be the index's embedding model "
+                                        "(default: it)."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF: lists probed per query."),
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW: candidates kept per query."),
-    labelled: bool = typer.Option(False, "--labelled", help="INPUT is labelled data: skip rows without a usable label, as eval does."),
+    labelled: bool = typer.Option(False, "--labelled", help="INPUT is labelled data: skip rows without a usable "
+                                  "label, as eval does."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no summary."),
 ):
     """One JSON line per question: its exact duplicate's answer (or null) and its nearest solved questions."""

@@ -25,16 +25,18 @@ def fingerprint(data_path: Path, config_json: str) -> str:
 
 
 def answer_all(
-    make_solver: Callable, questions: list[Question], journal: Journal, batch_size: int, quiet: bool = False
+    make_solver: Callable, questions: list[Question], journal: Journal | None, batch_size: int, quiet: bool = False
 ) -> tuple[dict[str, Prediction], int, float]:
-    """Answer every question not yet journaled; returns (predictions, newly answered, seconds).
+    """Answer every question not yet journaled (`journal` None: none is, and nothing is
+    kept: eval/'s scripts); returns (predictions, newly answered, seconds).
 
     A prediction that could not be read is returned but not journaled, so a rerun retries it.
     A backbone that fails is dropped for the questions it failed on (with a warning); a
     batch where some question lost every backbone stops the run once the rest of the batch
     is journaled: running again resumes.
     """
-    preds = {q.task_id: journal.done[q.task_id] for q in questions if q.task_id in journal.done}
+    done = journal.done if journal is not None else {}
+    preds = {q.task_id: done[q.task_id] for q in questions if q.task_id in done}
     todo = [questions[i : i + batch_size] for i in range(0, len(questions), batch_size)]
     todo = [[q for q in b if q.task_id not in preds] for b in todo]
     todo = [b for b in todo if b]
@@ -45,7 +47,8 @@ def answer_all(
         start = bar.tasks[0].start_time
         for batch in todo:
             out = solver.solve_batch(batch)
-            journal.add([p for p in out if p.read])
+            if journal is not None:
+                journal.add([p for p in out if p.read])
             preds.update((p.task_id, p) for p in out)
             fresh += len(out)
             bar.advance(task, len(out))
@@ -55,7 +58,8 @@ def answer_all(
                                   f"({solver.failures[name]})", highlight=False, markup=False)
             lost = [p for p in out if p.error]
             if lost:
-                raise BackboneError(f"{len(lost)} questions lost every backbone (first: {lost[0].task_id}: {lost[0].error}); "
+                raise BackboneError(f"{len(lost)} questions lost every backbone "
+                                    f"(first: {lost[0].task_id}: {lost[0].error}); "
                                     "the answered ones are journaled: run again to resume")
     return preds, fresh, time.perf_counter() - start
 

@@ -10,8 +10,10 @@ from solver.cli import app
 GOOD = "task_id,question,choices\nq1,Question: ok?,\"['a', 'b']\"\n"
 CASES = {
     "wrong columns": ("task_id,question,options\nq1,x,\"['a','b']\"\n", "missing column(s) choices"),
-    "choices do not parse": ("task_id,question,choices\nq1,x,\"['a', 'b'\"\n", "row 1, field 'choices': does not parse"),
-    "choices not strings": ("task_id,question,choices\nq1,x,\"['a', 2]\"\n", "row 1, field 'choices': is not a list of strings"),
+    "choices do not parse": ("task_id,question,choices\nq1,x,\"['a', 'b'\"\n",
+                             "row 1, field 'choices': does not parse"),
+    "choices not strings": ("task_id,question,choices\nq1,x,\"['a', 2]\"\n",
+                            "row 1, field 'choices': is not a list of strings"),
     "empty question": (GOOD + "q2,Question: ,\"['a', 'b']\"\n", "row 2, field 'question': empty"),
     "one option": (GOOD + "q2,x,\"['a']\"\n", "row 2, field 'choices': 1 option(s)"),
     "duplicate ids": (GOOD + "q1,y,\"['a', 'b']\"\n", "row 2, field 'task_id': duplicate 'q1' (first at row 1)"),

@@ -30,7 +30,8 @@ def test_single_configs_are_the_vote_graph_with_one_backbone():
     for b in vote.backbones:
         (single,) = [s for s in singles.values() if s.backbones == [b]]
         assert single.vote == unweighted
-        assert single.model_dump(exclude={"name", "backbones", "vote"}) == vote.model_dump(exclude={"name", "backbones", "vote"})
+        assert single.model_dump(exclude={"name", "backbones", "vote"}) == vote.model_dump(
+            exclude={"name", "backbones", "vote"})
 
 
 def test_vote_served_is_the_vote_config_with_servers():

@@ -95,7 +95,8 @@ def test_a_huge_field_is_read_and_cut_to_fit(tmp_path, tokenizer):
     code = "int x = 0;\n" * 1_300_000  # 14.3 MB
     path = tmp_path / "big.csv"
     with path.open("w", newline="") as f:
-        csv.writer(f).writerows([["task_id", "question", "choices"], ["big", f"Question: {code}What is x?", "['0', '1']"]])
+        csv.writer(f).writerows([["task_id", "question", "choices"],
+                                 ["big", f"Question: {code}What is x?", "['0', '1']"]])
     (q,) = load_questions(path).questions
     assert len(q.question) > 14_000_000 and q.question.endswith("What is x?")
     p = answer_prompt(q, tokenizer, 2048)

@@ -25,14 +25,16 @@ def test_batch_of_sample_questions(engine_solver):
     for p, q in zip(preds, qs):
         _check(p, q)
         assert p.cost.calls == 1 and p.cost.tokens > 20 and p.trace[-1]["step"] == "cost"
-        assert p.votes == {f"{engine_solver.backbone.cfg.label}@0": p.probabilities}  # one voter: its reply is the answer
+        # one voter: its reply is the answer
+        assert p.votes == {f"{engine_solver.backbone.cfg.label}@0": p.probabilities}
     # A real model, not a constant: its answers are not all one letter.
     assert len({p.letter for p in preds}) > 1
 
 
 def test_single_question_api_and_26_options(engine_solver):
     p = engine_solver.solve("Which number is even?", ["7", "4", "9"])
-    assert p.letter in "ABC" and [t["step"] for t in p.trace] == ["vote", "decide", "cost"]  # the graph's answer step alone
+    # the graph's answer step alone
+    assert p.letter in "ABC" and [t["step"] for t in p.trace] == ["vote", "decide", "cost"]
     q = Question(task_id="z", question="Pick the letter Z.", choices=[f"option {c}" for c in LETTERS])
     _check(engine_solver.solve_batch([q])[0], q)
 

@@ -9,45 +9,56 @@ from execution.evidence import evidence, tokens
 from execution.recognise import call_examples, job_for
 
 C = Question(task_id="c", question="Question: What will be the output of the following C code?\n#include <stdio.h>\n"
-             "int main() {\n    int a = 1, b = 3;\n    b = a++ + a++;\n    printf(\"a=%d \\n b=%d\", a, b);\n    return 0;\n}",
+             "int main() {\n    int a = 1, b = 3;\n    b = a++ + a++;\n"
+             "    printf(\"a=%d \\n b=%d\", a, b);\n    return 0;\n}",
              choices=["a = 1, b = 3", "a = 3, b = 3", "a = 3, b = 4", "a = 2, b = 2"])
 CPP_FLAT = Question(task_id="cpp", question="Question: What is the output of this program?\n    #include <iostream>    "
                     "using namespace std;    int main() {        cout << 7 / 2 << \" \" << 7 % 2;    }",
                     choices=["3.5 1", "3 1", "4 1", "3 0"])
-REPL = Question(task_id="py", question="Question: What will be the output of the following Python code?\n>>> a = {1, 2, 3}\n"
-                ">>> b = a\n>>> b.remove(3)\n>>> a", choices=["{1,2,3}", "Error, sets cannot be copied", "{1,2}", "None"])
-JAVA = Question(task_id="java", question="Question: What is the output of this program?\nclass Sum {\n    public static void "
-                "main(String[] args) {\n        int s = 0;\n        for (int i = 1; i <= 4; i++) s += i;\n        System.out.print(s);\n    }\n}",
+REPL = Question(task_id="py", question="Question: What will be the output of the following Python code?\n"
+                ">>> a = {1, 2, 3}\n>>> b = a\n>>> b.remove(3)\n>>> a",
+                choices=["{1,2,3}", "Error, sets cannot be copied", "{1,2}", "None"])
+JAVA = Question(task_id="java", question="Question: What is the output of this program?\nclass Sum {\n"
+                "    public static void main(String[] args) {\n        int s = 0;\n"
+                "        for (int i = 1; i <= 4; i++) s += i;\n        System.out.print(s);\n    }\n}",
                 choices=["4", "10", "24", "Compilation error"])
 JS = Question(task_id="js", question="Question: What does this code print?\n```js\nconst xs = [3, 1, 2];\n"
               "console.log(xs.sort().join('-'));\n```", choices=["3-1-2", "1-2-3", "1,2,3", "undefined"])
 BROKEN = Question(task_id="bad", question="Question: What is the output of the following C code?\n#include <stdio.h>\n"
                   "int main() { printf(\"%d\", x); }", choices=["0", "Garbage value", "Compile time error", "1"])
-DOCTESTED = Question(task_id="doc", question="Question: Which solution below is the most likely completion the following\n"
-                     "code snippet to achieve the desired goal?\n\n\ndef evens(xs: list) -> list:\n    \"\"\" The even numbers of xs.\n"
+DOCTESTED = Question(task_id="doc", question="Question: Which solution below is the most likely completion "
+                     "the following\ncode snippet to achieve the desired goal?\n\n\ndef evens(xs: list) -> list:\n"
+                     "    \"\"\" The even numbers of xs.\n"
                      "    >>> evens([1, 2, 3, 4])\n    [2, 4]\n    >>> evens([])\n    []\n    \"\"\"\n",
                      choices=["  return [x for x in xs if x % 2]", "    return [x for x in xs if x % 2 == 0]\n",
                               "  return xs[::2]"])
-CALLED = Question(task_id="calls", question="Question: Which solution below is the most likely completion the following\n"
-                  "code snippet to achieve the desired goal?\n\ndef largest_even(x, y):\n    \"\"\"The biggest even number in [x, y], or -1.\n"
-                  "    For example:\n    largest_even(12, 15) = 14\n    largest_even(13, 12) => -1\n    largest_even(a, b) == -1\n"
+CALLED = Question(task_id="calls", question="Question: Which solution below is the most likely completion "
+                  "the following\ncode snippet to achieve the desired goal?\n\ndef largest_even(x, y):\n"
+                  "    \"\"\"The biggest even number in [x, y], or -1.\n"
+                  "    For example:\n    largest_even(12, 15) = 14\n    largest_even(13, 12) => -1\n"
+                  "    largest_even(a, b) == -1\n"
                   "    \"\"\"\n", choices=["    return y if y % 2 == 0 else y - 1",
                                           "    if x > y:\n        return -1\n    return y if y % 2 == 0 else y - 1",
                                           "    return max(x, y)"])
 IO = Question(task_id="io", question="Question: Which solution below is the most likely completion the following\n"
               "code snippet to achieve the desired goal?\n\ndef count_up(n, step):\n    \"\"\"\n    Example 1:\n\n"
               "        Input: n = 7, step = 3\n        Output: [0, 3, 6]\n    \"\"\"\n",
-              choices=["    return list(range(0, n, step))", "    return list(range(n))[::step][1:]", "    return [n, step]"])
+              choices=["    return list(range(0, n, step))", "    return list(range(n))[::step][1:]",
+                       "    return [n, step]"])
 JUDGED = ("Question: Given a code snippet below, which behavior most likely to occur when execute it?\n"
           "import java.util.*;\npublic class {name} {{\n  public static void main(String[] a) {{\n"
-          "    Scanner sc = new Scanner(System.in);\n    int n = sc.nextInt();\n    System.out.println({expr});\n  }}\n}}\n")
+          "    Scanner sc = new Scanner(System.in);\n    int n = sc.nextInt();\n"
+          "    System.out.println({expr});\n  }}\n}}\n")
 BEHAVIOURS = ["Runtime Error", "Compile Error", "No abnormally found", "Time Limit Exceeded"]
 COMPILES = Question(task_id="compiles", question=JUDGED.format(name="Main", expr="n * 2"), choices=BEHAVIOURS)
-NOT_JAVA = Question(task_id="noncompiling", question=JUDGED.format(name="Main", expr="n * \"2\" - 1"), choices=BEHAVIOURS)
+NOT_JAVA = Question(task_id="noncompiling", question=JUDGED.format(name="Main", expr="n * \"2\" - 1"),
+                    choices=BEHAVIOURS)
 NOT_MAIN = Question(task_id="notmain", question=JUDGED.format(name="Solver", expr="n * 2"), choices=BEHAVIOURS)
-PY_BEHAVIOUR = Question(task_id="pybehaviour", question="Question: Given a code snippet below, which behavior most likely "
-                        "to occur when execute it?\nn = int(input())\nprint(sum(range(n)))\n", choices=BEHAVIOURS)
-CONCEPT = Question(task_id="k", question="Question: Which sorting algorithm is stable?", choices=["Quick sort", "Merge sort"])
+PY_BEHAVIOUR = Question(task_id="pybehaviour", question="Question: Given a code snippet below, which behavior "
+                        "most likely to occur when execute it?\nn = int(input())\nprint(sum(range(n)))\n",
+                        choices=BEHAVIOURS)
+CONCEPT = Question(task_id="k", question="Question: Which sorting algorithm is stable?",
+                   choices=["Quick sort", "Merge sort"])
 
 
 def test_which_questions_run_and_in_which_language():
@@ -56,11 +67,13 @@ def test_which_questions_run_and_in_which_language():
     assert "\n#include <iostream>\n" in job_for(CPP_FLAT).sources[0]  # flattened snippets get their lines back
     assert "print(repr(" in job_for(REPL).sources[0]  # a >>> session prints what it shows
     assert job_for(DOCTESTED).kind == "examples" and len(job_for(DOCTESTED).sources) == 3
-    assert [job_for(q).kind for q in (CALLED, IO, COMPILES, PY_BEHAVIOUR)] == ["examples", "examples", "compile", "compile"]
+    assert [job_for(q).kind
+            for q in (CALLED, IO, COMPILES, PY_BEHAVIOUR)] == ["examples", "examples", "compile", "compile"]
 
 
 def test_examples_read_from_the_docstring():
-    code = 'def f(a, b):\n    """\n    f(1, 2) == 3\n    f([1], (2, 3)) ➞ [1, 2].\n    f(x) should return 0\n    g(1) = 2\n    """'
+    code = ('def f(a, b):\n    """\n    f(1, 2) == 3\n    f([1], (2, 3)) ➞ [1, 2].\n'
+            '    f(x) should return 0\n    g(1) = 2\n    """')
     assert call_examples(code, "f") == [("1, 2", "3"), ("[1], (2, 3)", "[1, 2]"), ("x", "0")]
     assert call_examples("    Input: s = 'ab'\n\n    Output: 2\n", "f") == [("s = 'ab'", "2")]
 
@@ -109,8 +122,9 @@ def test_hostile_code_in_a_compile_check_or_an_option_body_escapes_nothing(tmp_p
     secret, marker = tmp_path / "secret.h", tmp_path / "escaped.txt"
     secret.write_text("int leaked = 424242;\n")
     monkeypatch.setenv("CODEMCQ_SECRET", "s3cr3t-token")
-    reads = Question(task_id="reads", question="Question: Given a code snippet below, which behavior most likely to occur "
-                     f"when execute it?\n#include <stdio.h>\n#include \"{secret}\"\nint main() {{ printf(\"%d\", leaked); }}\n",
+    reads = Question(task_id="reads", question="Question: Given a code snippet below, which behavior most likely "
+                     f"to occur when execute it?\n#include <stdio.h>\n#include \"{secret}\"\n"
+                     f"int main() {{ printf(\"%d\", leaked); }}\n",
                      choices=BEHAVIOURS)
     writes = CALLED.model_copy(update={"choices": [
         f"    open({str(marker)!r}, 'w').write('x')\n    return 14",
@@ -120,7 +134,8 @@ def test_hostile_code_in_a_compile_check_or_an_option_body_escapes_nothing(tmp_p
         job = job_for(q)
         if not sandbox.runtimes()[job.language]:
             continue
-        rs = [sandbox.run(job.language, s, check_only=job.kind == "compile", cache_dir=tmp_path / "cache") for s in job.sources]
+        rs = [sandbox.run(job.language, s, check_only=job.kind == "compile", cache_dir=tmp_path / "cache")
+              for s in job.sources]
         said = "".join(r.stdout + r.stderr for r in rs)
         assert "424242" not in said and "s3cr3t-token" not in said and not marker.exists()
         if q is reads:

@@ -154,7 +154,8 @@ def test_the_cached_path_gives_the_full_forwards_loss_and_gradients(tokenizer, q
     assert all(grads[n].abs().sum() > 0 for n in grads)
     # the states enter layer 26, not the first trained layer: skipping 26 and 27 is another model
     skipped = Collate(cache)(items(examples[:1])) | {"enters": start}
-    assert abs(answer_loss(model, skipped)[0].item() - answer_loss(model, Collate()(items(examples[:1])))[0].item()) > 0.01
+    assert abs(answer_loss(model, skipped)[0].item()
+               - answer_loss(model, Collate()(items(examples[:1])))[0].item()) > 0.01
 
 
 def test_a_few_steps_on_cached_states_lower_the_loss(tokenizer, questions, tmp_path):
@@ -320,7 +321,8 @@ solver.close()
 """
 
 
-def test_vllm_answers_with_a_top_layers_adapter_through_a_server_and_merged_in_process(trained, questions, engine_solver):
+def test_vllm_answers_with_a_top_layers_adapter_through_a_server_and_merged_in_process(
+        trained, questions, engine_solver):
     """An adapter on the top 4 layers only (vLLM applies no LoRA where it has none): a server
     with base + adapter (vLLM's LoRA path) and the in-process engine of the base with the
     adapter merged in (`merge_lora`: what every shipped finetuned config runs) give the same
@@ -345,7 +347,8 @@ def test_vllm_answers_with_a_top_layers_adapter_through_a_server_and_merged_in_p
     proc, url = start_server(BackboneConfig(**SMALL | adapter))
     solver = None
     try:
-        solver = Solver(SolverConfig.model_validate({"backbone": SMALL | adapter | {"kind": "server", "base_url": url}}))
+        solver = Solver(SolverConfig.model_validate({"backbone": SMALL | adapter | {"kind": "server",
+                                                                                    "base_url": url}}))
         probs["adapter"] = [p.probabilities for p in solver.solve_batch(qs)]
     finally:
         if solver is not None:
@@ -380,7 +383,8 @@ def test_a_merged_adapter_is_made_once_and_keyed_by_its_bytes(trained, tmp_path,
     assert (Path(first) / "model.safetensors").stat().st_mtime_ns == stamp
     other = tmp_path / "other"
     shutil.copytree(trained / "adapter", other)
-    (other / "adapter_config.json").write_text((other / "adapter_config.json").read_text().replace('"lora_alpha": 32', '"lora_alpha": 16'))
+    (other / "adapter_config.json").write_text(
+        (other / "adapter_config.json").read_text().replace('"lora_alpha": 32', '"lora_alpha": 16'))
     assert merged_model(base, str(other)) != first  # other bytes, another folder
     with pytest.raises(UserError, match=f"lora '{tmp_path}': no adapter_config.json"):
         merged_model(base, str(tmp_path))

@@ -86,7 +86,8 @@ def test_a_bad_or_mismatched_artifact_is_one_line(fitted, cfg, tmp_path):
     folder = fitted.save(tmp_path / "fit")
     with pytest.raises(FitError, match="fitted for config 'graph'"):
         Fitted.load(folder, cfg.model_copy(update={"execute": cfg.execute.model_copy(update={"timeout_s": 9})}))
-    with pytest.raises(FitError, match=r"voters \['smollm2-135m-instruct@0'\], but .* voters \['smollm2-135m-instruct@0', "):
+    with pytest.raises(FitError, match=r"voters \['smollm2-135m-instruct@0'\], but .* "
+                                       r"voters \['smollm2-135m-instruct@0', "):
         Fitted.load(folder, cfg.model_copy(update={"answer": cfg.answer.model_copy(update={"orders": 2})}))
     no_text = cfg.model_copy(update={"decide": cfg.decide.model_copy(update={"features": ["kind", "model"]})})
     with pytest.raises(FitError, match=r"but config 'graph' has groups \['kind', 'model'\]"):
@@ -207,7 +208,8 @@ def test_solver_fit_refuses_bad_input_in_one_line_before_answering(tmp_path, sha
 
     out = tmp_path / "fit"
     r = CliRunner().invoke(app, ["fit", "--labelled", str(tmp_path / "none.csv"), "--out", str(out)])
-    assert r.exit_code == 2 and r.stderr.strip().splitlines() == [f"error: --labelled {tmp_path / 'none.csv'}: no such file"]
+    assert r.exit_code == 2 and r.stderr.strip().splitlines() == [
+        f"error: --labelled {tmp_path / 'none.csv'}: no such file"]
     r = CliRunner().invoke(app, ["fit", "--labelled", str(shared / "train.csv"), "--out", str(out),
                                  "--config", str(ROOT / "configs" / "baseline.yaml")])
     assert r.exit_code == 2 and r.stderr.strip().splitlines() == [

@@ -19,11 +19,16 @@ from index.store import Index, IndexBuildError, IndexLoadError, ivf_nlist, make_
 from tests.conftest import SAMPLE  # noqa: E402
 
 OWN = [  # made-up rows beside the 30 shipped ones
-    Question(task_id="m1", question="Question: What does `print(2 + 2)` print in Python?", choices=["3", "4", "5", "22"], answer="B"),
-    Question(task_id="m2a", question="Which keyword defines a function in Python?", choices=["def", "func", "lambda", "fn"], answer="A"),
-    Question(task_id="m2b", question="Which keyword defines  a function in Python?", choices=["func", "def", "fn", "lambda"], answer="C"),
-    Question(task_id="m3", question="Which HTTP status code means Not Found?", choices=["200", "301", "404", "500"], answer="C"),
-    Question(task_id="m4", question="Which HTTP status code means Not Found?", choices=["404", "403", "410", "400"], answer="A"),
+    Question(task_id="m1", question="Question: What does `print(2 + 2)` print in Python?",
+             choices=["3", "4", "5", "22"], answer="B"),
+    Question(task_id="m2a", question="Which keyword defines a function in Python?",
+             choices=["def", "func", "lambda", "fn"], answer="A"),
+    Question(task_id="m2b", question="Which keyword defines  a function in Python?",
+             choices=["func", "def", "fn", "lambda"], answer="C"),
+    Question(task_id="m3", question="Which HTTP status code means Not Found?",
+             choices=["200", "301", "404", "500"], answer="C"),
+    Question(task_id="m4", question="Which HTTP status code means Not Found?",
+             choices=["404", "403", "410", "400"], answer="A"),
 ]
 
 
@@ -52,7 +57,8 @@ def saved(tmp_path_factory, stored):
     """An index folder made by `solver index build` on the sample plus our rows."""
     folder = tmp_path_factory.mktemp("ix")
     data = folder / "labelled.jsonl"
-    data.write_text("".join(json.dumps(q.model_dump(include={"task_id", "question", "choices", "answer"})) + "\n" for q in stored))
+    data.write_text("".join(json.dumps(q.model_dump(include={"task_id", "question", "choices", "answer"})) + "\n"
+                            for q in stored))
     r = _cli(["index", "build", "--data", str(data), "--out", str(folder / "idx"), "--quiet"])
     assert r.exit_code == 0, r.output
     return folder / "idx"
@@ -248,7 +254,8 @@ def test_bad_index_folders(saved, tmp_path):
     _one_line_error(_query(f, tmp_path), "corrupt")
     f = broken("garbage", lambda d: ((d / "index.faiss").write_bytes(b"IxFI" + b"\1" * 60), rehash(d, "index.faiss")))
     _one_line_error(_query(f, tmp_path), "not a readable FAISS index")
-    f = broken("short", lambda d: ((d / "metadata.jsonl").write_text("".join((d / "metadata.jsonl").read_text().splitlines(True)[:-1])),
+    f = broken("short", lambda d: ((d / "metadata.jsonl").write_text(
+                                       "".join((d / "metadata.jsonl").read_text().splitlines(True)[:-1])),
                                    rehash(d, "metadata.jsonl")))
     _one_line_error(_query(f, tmp_path), "counts differ")
     f = broken("badjson", lambda d: (d / "manifest.json").write_text("{"))
@@ -271,8 +278,10 @@ def test_bad_build_inputs(tmp_path):
     r = _cli(["index", "build", "--data", str(data), "--out", str(tmp_path / "idx")])
     _one_line_error(r, "no usable labelled rows")
     assert not (tmp_path / "idx").exists()
-    _one_line_error(_cli(["index", "build", "--data", str(tmp_path / "none.csv"), "--out", str(tmp_path / "idx")]), "no such file")
-    _one_line_error(_cli(["index", "build", "--data", str(SAMPLE), "--out", str(tmp_path / "idx"), "--kind", "lsh"]), "not one of")
+    _one_line_error(_cli(["index", "build", "--data", str(tmp_path / "none.csv"), "--out", str(tmp_path / "idx")]),
+                    "no such file")
+    _one_line_error(_cli(["index", "build", "--data", str(SAMPLE), "--out", str(tmp_path / "idx"), "--kind", "lsh"]),
+                    "not one of")
 
 
 # ---- the shared data: train.csv indexed, test.csv queried ------------------------------

@@ -105,7 +105,8 @@ def test_a_plain_clone_runs_the_default_and_names_every_fix(tmp_path):
     empty = tmp_path / "empty"
     env = {k: v for k, v in os.environ.items() if k != "CODEMCQ_BENCH_DATA"} | {"CODEMCQ_CACHE": str(empty)}
     out = tmp_path / "sub.csv"
-    r = _solver(["run", "-i", str(SAMPLE), "-o", str(out), "-c", str(ROOT / "configs/baseline.yaml"), "--limit", "3"], tmp_path, env)
+    r = _solver(["run", "-i", str(SAMPLE), "-o", str(out), "-c", str(ROOT / "configs/baseline.yaml"),
+                 "--limit", "3"], tmp_path, env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert out.read_text().splitlines()[0] == "task_id,answer" and len(out.read_text().splitlines()) == 4
     assert (empty / "models").is_dir()
@@ -117,21 +118,25 @@ def test_a_plain_clone_runs_the_default_and_names_every_fix(tmp_path):
     assert said[-1].startswith("log: ") and log.parent == empty / "logs" and log.is_file()  # under the cache root
     assert "vllm" in log.read_text().lower()  # the engine's chatter went there
 
-    r = _solver(["run", "-i", str(SAMPLE), "-o", str(out), "-c", str(ROOT / "configs/single-qwen2.5-coder-0.5b.yaml")], tmp_path, env)
+    r = _solver(["run", "-i", str(SAMPLE), "-o", str(out), "-c", str(ROOT / "configs/single-qwen2.5-coder-0.5b.yaml")],
+                tmp_path, env)
     said = [line for line in r.stderr.splitlines() if line.strip()]
-    assert r.returncode == 2 and said[-1] == "error: model 'qwen2.5-coder-0.5b' is not here: solver models pull qwen2.5-coder-0.5b", said
+    assert r.returncode == 2 and said[-1] == ("error: model 'qwen2.5-coder-0.5b' is not here: "
+                                              "solver models pull qwen2.5-coder-0.5b"), said
 
     r = _solver(["run", "-i", str(SAMPLE), "-o", str(out), "-c", str(ROOT / "configs/graph.yaml"),
                  "--labelled", str(tmp_path / "mine.csv")], tmp_path, env)
     assert r.returncode == 2 and f"{tmp_path / 'mine.csv'}: no such file" in r.stderr, r.stderr[-2000:]
 
-    r = _solver(["run", "-i", str(SAMPLE), "-o", str(out), "-c", str(ROOT / "configs/graph.yaml"), "--limit", "0"], tmp_path, env)
+    r = _solver(["run", "-i", str(SAMPLE), "-o", str(out), "-c", str(ROOT / "configs/graph.yaml"),
+                 "--limit", "0"], tmp_path, env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "no labelled file was named (--labelled FILE): answering without retrieval" in r.stderr
 
 
 def test_nothing_a_user_runs_names_the_benchmark_folder():
-    found = subprocess.run(["grep", "-rn", r"\.\./shared", "configs", "solver", "graphs", "index", "finetune", "README.md"],
+    found = subprocess.run(["grep", "-rn", r"\.\./shared", "configs", "solver", "graphs", "index", "finetune",
+                            "README.md"],
                            cwd=ROOT, capture_output=True, text=True).stdout
     assert found == ""
     makefile = [line for line in (ROOT / "Makefile").read_text().splitlines() if "../shared" in line]
@@ -146,5 +151,6 @@ def test_a_registered_name_resolves_like_its_file(cache):
 def test_unknown_names_are_one_line(empty):
     with pytest.raises(ModelError, match=r"^model 'nope': not a registered name \(smollm2-135m-instruct, "):
         registry.pull("nope")
-    with pytest.raises(ModelError, match=r"^model 'nope': not a registered name .*a local folder, a \.gguf file or a hub id$"):
+    with pytest.raises(ModelError, match=r"^model 'nope': not a registered name "
+                                         r".*a local folder, a \.gguf file or a hub id$"):
         resolve_model("nope")

@@ -277,7 +277,8 @@ def test_gigabytes_of_output_are_cut():
 CAP = 256
 FILL = "bytearray(b'\\x01' * (100 << 20))"  # 100 MB, touched
 CHILDREN = ("import os, time\nfork = getattr(os, 'fork')\nkids = []\nfor i in range(12):\n"
-            "    pid = fork()\n    if pid == 0:\n        b = " + FILL + "\n        time.sleep(20)\n        os._exit(0)\n"
+            "    pid = fork()\n    if pid == 0:\n"
+            "        b = " + FILL + "\n        time.sleep(20)\n        os._exit(0)\n"
             "    kids.append(pid)\nfor k in kids: os.waitpid(k, 0)\nprint('all done')\n")
 THREADS = ("import threading, time\nheld = []\ndef fill():\n    try:\n        held.append(" + FILL + ")\n"
            "    except MemoryError:\n        pass\n    time.sleep(1)\n"
@@ -302,10 +303,12 @@ def test_memory_of_a_whole_run_is_capped(src):
 def test_without_a_cgroup_fewer_tasks_keep_the_sum_in_budget(monkeypatch):
     assert sandbox.task_cap(512, grouped=True) == sandbox.NPROC
     for mb in (16, 256, 512, 2048, 8192):
-        assert 1 <= sandbox.task_cap(mb, grouped=False) and sandbox.task_cap(mb, False) * mb <= max(sandbox.UNGROUPED_MB, mb)
+        assert (1 <= sandbox.task_cap(mb, grouped=False)
+                and sandbox.task_cap(mb, False) * mb <= max(sandbox.UNGROUPED_MB, mb))
     monkeypatch.setattr(sandbox.cgroups, "roots", lambda: None)
     src = ("import os, signal\nn = 0\nfor i in range(40):\n    try:\n        pid = getattr(os, 'fork')()\n"
-           "    except OSError:\n        break\n    if pid == 0:\n        signal.pause()\n    n += 1\nprint('forked', n)\n")
+           "    except OSError:\n        break\n    if pid == 0:\n        signal.pause()\n"
+           "    n += 1\nprint('forked', n)\n")
     r = hostile(src, timeout_s=8, memory_mb=CAP)
     assert r.status == "ok" and r.peak_mb is None, r
     assert 0 < int(r.stdout.split()[1]) < sandbox.task_cap(CAP, grouped=False)  # the main process is one of them

@@ -23,8 +23,8 @@ def test_server_answers_like_the_engine(server, engine_solver, monkeypatch, tmp_
     tokens, the engine over the vocabulary, renormalised over the same tokens: equal to
     float32 rounding, 1e-7). An engine that batches is within its dtype's rounding of both."""
     monkeypatch.setenv("MY_KEY", "not-a-secret")  # the key is read from the named variable
-    cfg = SolverConfig.model_validate({"backbone": SMALL | {"kind": "server", "base_url": server, "api_key_env": "MY_KEY",
-                                                            "batch_invariant": True}})
+    cfg = SolverConfig.model_validate({"backbone": SMALL | {"kind": "server", "base_url": server,
+                                                            "api_key_env": "MY_KEY", "batch_invariant": True}})
     solver = Solver(cfg)
     assert solver.backbone.api_key == "not-a-secret"
     qs = load_questions(SAMPLE).questions[:6]
