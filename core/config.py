@@ -127,8 +127,12 @@ class ExecuteConfig(Strict):
     timeout_s: float = 5.0  # wall time per run (compiling has its own budget)
     # A run's memory: all its processes together, in a cgroup of its own where the machine
     # allows (root, cgroup v1), and each process's rlimit; a run that reaches it is killed
-    # (execution/sandbox.py). Compiling has its own budget (1024).
+    # (execution/sandbox.py). Compiling has its own budget.
     memory_mb: int = Field(512, ge=16)
+    # The compiler's budget (javac, g++, rustc, ...), not the program's: a compiler that runs
+    # out of it gives no verdict on the code (neither compiles nor compile_error).
+    compile_timeout_s: float = 30.0
+    compile_memory_mb: int = Field(1024, ge=16)
     workers: int = Field(2, ge=1)  # runs at once: workers x the larger budget must fit beside the engine
 
 

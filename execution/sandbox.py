@@ -51,7 +51,7 @@ VERSION = 2  # part of every cache key: bump when the commands, limits or outcom
 TMP_MB, FSIZE_MB, NOFILE, NPROC = 64, 16, 64, 64
 UNGROUPED_MB = 4096  # without a cgroup: the most a run's processes may hold together (task_cap)
 POLL_S = 0.05  # how often a run is checked against its time and memory limits
-COMPILE_S, COMPILE_MB = 30.0, 1024  # the compiler's own budget, not the program's
+COMPILE_S, COMPILE_MB = 30.0, 1024  # the compiler's own budget, not the program's (ExecuteConfig's defaults)
 TOOLS = {"python": ["python3"], "c": ["gcc"], "cpp": ["g++"], "java": ["javac", "java"],
          "javascript": ["node"]}
 FILES = {"python": "main.py", "c": "main.c", "cpp": "main.cpp", "javascript": "main.js"}
@@ -321,7 +321,8 @@ CHECK = {"python": ["python3", "-I", "-S", "-c",
 
 def run(language: str, source: str, *, stdin: str = "", timeout_s: float = 5, memory_mb: int = 512,
         max_output: int = 64_000, unsafe: bool = False, check_only: bool = False,
-        cache_dir: Path | None | bool = True) -> Result:
+        cache_dir: Path | None | bool = True, compile_timeout_s: float = COMPILE_S,
+        compile_memory_mb: int = COMPILE_MB) -> Result:
     """Compile (if needed) and run `source`; the Result says how it ended.
 
     Cached on disk by (mechanism, language, source, stdin, limits), whatever the outcome,
@@ -339,8 +340,9 @@ def run(language: str, source: str, *, stdin: str = "", timeout_s: float = 5, me
         return Result(status="unavailable", stderr=why)
     if language in USES_DATA and not grouped():  # their VMs start 15-20 threads: more than task_cap
         return Result(status="unavailable", stderr=f"no {language} runs without a cgroup per run (root, cgroup v1)")
-    key = hashlib.sha256(json.dumps([VERSION, mech, language, source, stdin, timeout_s, memory_mb,
-                                     max_output] + (["check"] if check_only else [])).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([VERSION, mech, language, source, stdin, timeout_s, memory_mb, max_output,
+                                     compile_timeout_s, compile_memory_mb]
+                                    + (["check"] if check_only else [])).encode()).hexdigest()
     if cache_dir is True:  # the cache root's exec/ (core/cache.py)
         cache_dir = cache_path("exec")
     path = cache_dir / f"{key}.json" if cache_dir else None
@@ -357,7 +359,7 @@ def run(language: str, source: str, *, stdin: str = "", timeout_s: float = 5, me
         use_data = language in USES_DATA
         c = Result(status="ok")
         if compile_argv:
-            c = _exec(box(compile_argv, True), work, "", COMPILE_S, max(memory_mb, COMPILE_MB),
+            c = _exec(box(compile_argv, True), work, "", compile_timeout_s, max(memory_mb, compile_memory_mb),
                       use_data, max_output, compiler=True)
         if c.status == "ok" and run_argv is None:
             r = c
@@ -385,6 +387,7 @@ def run_jobs(jobs: list, cfg) -> list[list[Result]]:
     programs at a time (`cfg`: ExecuteConfig); each job's results, in its programs' order."""
     results = iter(run_many([{"language": j.language, "source": s, "timeout_s": cfg.timeout_s,
                               "memory_mb": cfg.memory_mb, "unsafe": cfg.sandbox == "none",
-                              "check_only": j.kind == "compile"}
+                              "check_only": j.kind == "compile", "compile_timeout_s": cfg.compile_timeout_s,
+                              "compile_memory_mb": cfg.compile_memory_mb}
                              for j in jobs for s in j.sources], workers=cfg.workers))
     return [[next(results) for _ in j.sources] for j in jobs]

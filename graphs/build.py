@@ -76,7 +76,7 @@ def sandbox_warnings(cfg) -> None:
     missing = [lang for lang, ok in sandbox.runtimes().items() if not ok]
     if missing:
         warn(f"execute: no toolchain here for {', '.join(missing)}: those snippets are not run")
-    most = max(cfg.memory_mb, sandbox.COMPILE_MB)  # a compile's budget, or the program's
+    most = max(cfg.memory_mb, cfg.compile_memory_mb)  # a compile's budget, or the program's
     need, spare = cfg.workers * most, available_gb() * 1024
     if need > spare:  # the engine is loaded by now: what is free is what the runs may take
         warn(f"execute: {cfg.workers} runs at once of up to {most} MB each "

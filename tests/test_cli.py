@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from backends.registry import MODELS, location
 from solver import console
 from solver.cli import app
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 GOOD = "task_id,question,choices\nq1,Question: ok?,\"['a', 'b']\"\n"
 

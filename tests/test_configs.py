@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.config import BackboneConfig, load_config
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 

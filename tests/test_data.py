@@ -6,7 +6,7 @@ import json
 import pytest
 
 from core.data import DataError, clean_label, group_of, in_split, load_questions, parse_choices, split_of
-from tests.conftest import SAMPLE
+from tests.helpers import SAMPLE
 
 
 @pytest.mark.parametrize("raw,want", [("A", "A"), ("ANSWER: B", "B"), ("ANSWER:  d", "D"), (" c ", "C"),

@@ -6,7 +6,7 @@ import pytest
 
 from core.data import load_questions
 from core.types import LETTERS, Question
-from tests.conftest import SAMPLE
+from tests.helpers import SAMPLE
 
 pytestmark = pytest.mark.slow  # starts a vLLM engine or server, or runs the CLI in its own process
 

@@ -3,6 +3,7 @@ sandboxed run says about the options (fixtures of our own)."""
 
 import pytest
 
+from core.config import ExecuteConfig
 from core.types import Question
 from execution import sandbox
 from execution.evidence import evidence, tokens
@@ -149,7 +150,7 @@ def test_graph_settles_runnable_questions_without_the_llm(engine_solver, tmp_pat
     others are answered as before; a hostile snippet, run through the graph, escapes nothing."""
     from core.config import SolverConfig
     from solver.api import Solver
-    from tests.conftest import SMALL
+    from tests.helpers import SMALL
 
     if sandbox.available() is None:
         pytest.skip("no sandbox (bwrap) here")
@@ -195,11 +196,14 @@ def test_a_timeout_is_never_evidence():
         assert evidence(q, job_for(q), [slow]).consistent == []
 
 
-def test_a_compiler_out_of_time_is_no_compile_error(tmp_path, monkeypatch):
+def test_a_compiler_out_of_time_is_no_compile_error(tmp_path):
     if sandbox.available() is None or not sandbox.runtimes()["c"]:
         pytest.skip("no sandbox (bwrap) or no gcc here")
-    monkeypatch.setattr(sandbox, "COMPILE_S", 0.001)  # no compiler starts in a millisecond
     src = job_for(C).sources[0]
-    r = sandbox.run("c", src, check_only=True, cache_dir=tmp_path)
+    budget = {"compile_timeout_s": 0.001}  # no compiler starts in a millisecond
+    r = sandbox.run("c", src, check_only=True, cache_dir=tmp_path, **budget)
     assert r.status == "timeout" and evidence(COMPILES, job_for(COMPILES), [r]).consistent == []
-    assert sandbox.run("c", src, check_only=True, cache_dir=tmp_path).cached  # the first outcome stands
+    assert sandbox.run("c", src, check_only=True, cache_dir=tmp_path, **budget).cached  # the first outcome stands
+    assert not sandbox.run("c", src, check_only=True, cache_dir=tmp_path).cached  # another budget, another run
+    default = ExecuteConfig()  # the config's budget is the sandbox's
+    assert (default.compile_timeout_s, default.compile_memory_mb) == (sandbox.COMPILE_S, sandbox.COMPILE_MB)

@@ -23,7 +23,7 @@ from finetune.activations import ActivationCache
 from finetune.config import FinetuneConfig
 from finetune.data import build_examples, letter_token_ids
 from finetune.train import Collate, answer_loss, finetune, items, load_for_training
-from tests.conftest import SAMPLE
+from tests.helpers import SAMPLE
 
 pytestmark = pytest.mark.slow  # trains, and starts vLLM engines and servers
 
@@ -339,7 +339,7 @@ def test_vllm_answers_with_a_top_layers_adapter_through_a_server_and_merged_in_p
     from backends.server import start_server, stop_server
     from core.config import BackboneConfig, SolverConfig
     from solver.api import Solver
-    from tests.conftest import SMALL
+    from tests.helpers import SMALL
 
     qs = questions[:6]
     probs = {"base": [p.probabilities for p in engine_solver.solve_batch(qs)]}

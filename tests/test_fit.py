@@ -15,7 +15,7 @@ from execution.recognise import kind_of
 from graphs.features import Evidence, matrix
 from graphs.priors import out_of_fold
 from graphs.ranker import FitError, Fitted, Table, feature_names, gate_thresholds
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 N = 400  # questions of split train: a fit in about a second, folds of 80
 
@@ -130,12 +130,12 @@ def test_a_config_that_decides_by_fit_needs_retrieval():
 
 def test_the_graph_decides_with_a_fitted_decision(train, cfg, shared, tokenizer, tmp_path):
     """The graph with `decide.fitted`: a real index of solved questions (MiniLM, FAISS), a
-    scripted backbone that always says "A" (tests/conftest.py: Scripted). Every question is
+    scripted backbone that always says "A" (tests/helpers.py: Scripted). Every question is
     decided by the duplicate, the run, the gate (then with no LLM call) or the ranker (with
     the features that moved it in the trace); the same input twice gives the same letters."""
     from index.store import Index
     from solver.api import Solver
-    from tests.conftest import Scripted
+    from tests.helpers import Scripted
 
     run = cfg.model_copy(update={"execute": cfg.execute.model_copy(update={"enabled": False}),
                                  "decide": cfg.decide.model_copy(update={"fitted": str(tmp_path / "fit")})})
@@ -174,7 +174,7 @@ def test_the_fitted_decision_on_the_real_engine_gives_the_same_csv_whole_and_res
     from core.journal import submission_csv
     from index.store import Index
     from solver.api import Solver
-    from tests.conftest import SMALL
+    from tests.helpers import SMALL
 
     run = SolverConfig.model_validate({"backbone": SMALL, "graph": {"enabled": True},
                                        "retrieve": {"enabled": True, "duplicates": True},

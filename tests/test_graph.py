@@ -12,7 +12,7 @@ from core.config import SolverConfig
 from core.data import load_questions
 from index.store import Index
 from solver.api import Solver
-from tests.conftest import PROB_TOL, SAMPLE, SMALL, interrupt, questions_file, run_cmd
+from tests.helpers import PROB_TOL, SAMPLE, SMALL, interrupt, questions_file, run_cmd
 
 pytestmark = pytest.mark.slow  # starts a vLLM engine or server, or runs the CLI in its own process
 

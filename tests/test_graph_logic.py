@@ -1,4 +1,4 @@
-"""The graph's own logic on scripted backbones (tests/conftest.py: Scripted) with fixed
+"""The graph's own logic on scripted backbones (tests/helpers.py: Scripted) with fixed
 probabilities: the single pass as the graph's answer step, routing, the vote, debiasing,
 decide, resume and batching. Fast: no engine. The real engine, server and sandbox have
 their own tests (test_engine.py, test_graph.py, test_vote.py, ...)."""
@@ -11,7 +11,7 @@ from core.prompts import VERDICTS
 from core.types import Question
 from solver.api import Solver
 from solver.runner import answer_all
-from tests.conftest import Scripted, shown
+from tests.helpers import Scripted, shown
 
 RIGHT = "the right one"
 

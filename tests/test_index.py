@@ -16,7 +16,7 @@ from core.data import load_questions  # noqa: E402
 from core.types import LETTERS, Question  # noqa: E402
 from index.embed import embed_texts, embedding_text, get_model, normalise, normalise_option  # noqa: E402
 from index.store import Index, IndexBuildError, IndexLoadError, ivf_nlist, make_index  # noqa: E402
-from tests.conftest import SAMPLE  # noqa: E402
+from tests.helpers import SAMPLE  # noqa: E402
 
 OWN = [  # made-up rows beside the 30 shipped ones
     Question(task_id="m1", question="Question: What does `print(2 + 2)` print in Python?",

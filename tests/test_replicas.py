@@ -8,7 +8,7 @@ from backends.server import free_port
 from core.config import BackboneConfig, ConfigError, SolverConfig, load_config
 from core.data import load_questions
 from solver.api import Solver
-from tests.conftest import PROB_TOL, SAMPLE, SMALL
+from tests.helpers import PROB_TOL, SAMPLE, SMALL
 
 
 def test_replica_of_is_stable_and_spreads():

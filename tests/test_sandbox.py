@@ -314,11 +314,11 @@ def test_without_a_cgroup_fewer_tasks_keep_the_sum_in_budget(monkeypatch):
     assert 0 < int(r.stdout.split()[1]) < sandbox.task_cap(CAP, grouped=False)  # the main process is one of them
 
 
-def test_a_compiler_out_of_memory_is_killed_not_a_compile_error(tmp_path, monkeypatch):
+def test_a_compiler_out_of_memory_is_killed_not_a_compile_error(tmp_path):
     need("cpp")
     if not sandbox.grouped():
         pytest.skip("no cgroup per run here")
-    monkeypatch.setattr(sandbox, "COMPILE_MB", 32)  # g++ needs ~150 MB for bits/stdc++.h
     src = "#include <bits/stdc++.h>\nint main() { std::vector<int> v{1}; std::cout << v[0]; }\n"
-    r = sandbox.run("cpp", src, memory_mb=32, check_only=True, cache_dir=tmp_path)
+    # g++ needs ~150 MB for bits/stdc++.h
+    r = sandbox.run("cpp", src, memory_mb=32, check_only=True, cache_dir=tmp_path, compile_memory_mb=32)
     assert r.status == "killed" and "memory cap of 32 MB" in r.stderr, r

@@ -11,7 +11,7 @@ from backends.server import free_port
 from core.config import BackboneConfig, SolverConfig
 from core.data import load_questions
 from solver.api import Solver
-from tests.conftest import PROB_TOL, SAMPLE, SMALL, run_cmd
+from tests.helpers import PROB_TOL, SAMPLE, SMALL, run_cmd
 
 pytestmark = pytest.mark.slow  # starts a vLLM engine or server, or runs the CLI in its own process
 

@@ -1,5 +1,5 @@
 """Voting across two real vLLM servers on loopback, started by `solver serve` (the session's
-pair, tests/conftest.py): one killed mid-run is dropped and the run goes on; with the other
+pair, tests/conftest.py: served): one killed mid-run is dropped and the run goes on; with the other
 stopped too (SIGTERM to serve) the run stops in one line, and its journal keeps what it
 answered with the dropped votes named (a stopped run resumes from its journal as any run
 does: tests/test_graph.py)."""
@@ -15,7 +15,7 @@ import pytest
 from core.config import load_config
 from core.data import load_questions
 from solver.api import Solver
-from tests.conftest import SAMPLE, answers_in, faulty, questions_file, run_cmd
+from tests.helpers import SAMPLE, answers_in, faulty, questions_file, run_cmd
 
 pytestmark = pytest.mark.slow  # starts a vLLM engine or server, or runs the CLI in its own process
 
