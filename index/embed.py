@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from backends import registry
-from backends.hardware import DTYPES, pick_dtype
+from backends.hardware import DTYPES, library_defaults, pick_dtype
 from core.prompts import question_text
 from core.types import Progress, Question, UserError, question_body
 
@@ -88,7 +88,7 @@ def load_embedder(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: s
     target, local = resolve_embedder(spec)
     if local:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when huggingface_hub is imported
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    library_defaults()  # the tokenizers' threads off, and the rest the solver tells the libraries
     import transformers.utils.logging
     from sentence_transformers import SentenceTransformer
 
