@@ -13,7 +13,7 @@ from core.types import Cost, Prediction, Question
 from execution import sandbox
 from graphs import routing as R
 from graphs.batcher import StepBatcher
-from graphs.nodes import ballots, found_in, make_nodes, neighbours_for
+from graphs.nodes import found_in, make_nodes, neighbours_for, tally
 from graphs.state import State
 from graphs.vote import RULES, Calibration
 
@@ -137,7 +137,7 @@ class GraphRunner:
         extra = self.extra.get(q.task_id, {})
         cost = Cost(calls=s.get("calls", 0) + extra.get("calls", 0), tokens=s.get("tokens", 0) + extra.get("tokens", 0),
                     runs=s.get("runs", 0), run_seconds=round(s.get("run_seconds", 0.0), 3))
-        votes, failed, cut = ballots(s.get("votes") or [])
+        votes, failed, cut = tally(s.get("ballots") or [])
         return Prediction(task_id=q.task_id, letter=s.get("letter"), probabilities=s.get("final") or {},
                           votes=votes, failed=failed, cut=cut, cost=cost, error=s.get("error"), found=found_in(s),
                           trace=s["trace"] + [{"step": "cost"} | cost.model_dump() | self.hardware])

@@ -52,11 +52,11 @@ def found_in(s: dict) -> Found:
                  decided_by=s.get("decided_by") or "rules")
 
 
-def ballots(votes: list[dict]) -> tuple[dict[str, dict[str, float]], dict[str, str], bool]:
-    """The answer steps' votes as (voter -> probabilities read, voter -> why its backbone
+def tally(ballots: list[dict]) -> tuple[dict[str, dict[str, float]], dict[str, str], bool]:
+    """The answer steps' ballots as (voter -> probabilities read, voter -> why its backbone
     failed, whether a prompt was cut): what the vote combines and a Prediction reports."""
-    return ({v["voter"]: v["probs"] for v in votes if v["probs"]},
-            {v["voter"]: v["error"] for v in votes if v.get("error")}, any(v.get("cut") for v in votes))
+    return ({v["voter"]: v["probs"] for v in ballots if v["probs"]},
+            {v["voter"]: v["error"] for v in ballots if v.get("error")}, any(v.get("cut") for v in ballots))
 
 
 def _map_back(r: dict[str, float], order: list[int], letters: list[str]) -> dict[str, float]:
@@ -109,24 +109,24 @@ def examples_for(s: dict, ctx: Context, k: int) -> list[Question]:
 
 
 async def answer(s: dict, ctx: Context) -> dict:
-    q, v = s["question"], s["voter"]
+    q, v = s["question"], s["seat"]
     order = option_order(len(q.choices), v["order"], q.task_id)
     vote = {"voter": voter(v["backbone"], v["order"]), "probs": None}
     try:
         prompt = prompt_for(ctx, v["backbone"], q, order, examples_for(s, ctx, ctx.cfg.answer.shots))
         (r,) = await ctx.batcher.submit(v["backbone"], [(prompt.text, q.letters, q.task_id)])
     except PromptTooLong as e:
-        return {"votes": [vote | {"unread": str(e)}]}
+        return {"ballots": [vote | {"unread": str(e)}]}
     except BackboneError as e:
-        return {"votes": [vote | {"error": str(e)}], "calls": 1, "tokens": prompt.tokens}
+        return {"ballots": [vote | {"error": str(e)}], "calls": 1, "tokens": prompt.tokens}
     r, vote["prior"] = unbiased(ctx, v["backbone"], r)
     vote["probs"] = _map_back(r, order, q.letters) if r else None
-    return {"votes": [vote | {"cut": prompt.cut}], "calls": 1, "tokens": prompt.tokens}
+    return {"ballots": [vote | {"cut": prompt.cut}], "calls": 1, "tokens": prompt.tokens}
 
 
 async def vote(s: dict, ctx: Context) -> dict:
     q, rule = s["question"], ctx.cfg.vote.rule
-    votes, failed, cut = ballots(s["votes"])
+    votes, failed, cut = tally(s["ballots"])
     if not votes:
         probs = {}
     elif V.RULES[rule].batched:  # reads the whole step's batch: the batcher's "vote" call (graphs/build.py)
@@ -134,14 +134,14 @@ async def vote(s: dict, ctx: Context) -> dict:
     else:
         (probs,) = V.RULES[rule].combine([votes], [q.letters], ctx.calibration)
     step = {"step": "vote", "rule": rule, "votes": votes, "failed": failed, "probabilities": probs, "cut": cut}
-    if unread := {v["voter"]: v["unread"] for v in s["votes"] if v.get("unread")}:
+    if unread := {v["voter"]: v["unread"] for v in s["ballots"] if v.get("unread")}:
         step["unread"] = unread  # the prompt could not fit the context
     if rule == "pool":
         step["weights"] = ctx.calibration.weights
-    if any(v.get("prior") for v in s["votes"]):  # the position priors divided out (debias)
-        step["priors"] = {v["voter"]: v["prior"] for v in s["votes"] if v.get("prior")}
+    if any(v.get("prior") for v in s["ballots"]):  # the position priors divided out (debias)
+        step["priors"] = {v["voter"]: v["prior"] for v in s["ballots"] if v.get("prior")}
     update = {"probs": probs, "trace": [step]}
-    if not votes and len(failed) == len(s["votes"]):
+    if not votes and len(failed) == len(s["ballots"]):
         update["error"] = "every backbone failed: " + "; ".join(failed.values())
     return update
 
@@ -251,7 +251,7 @@ async def decide_node(s: dict, ctx: Context) -> dict:
     if by == "settle":
         final = s["gated"]
     elif by == "ranker":
-        final, step["moved_by"] = ctx.fitted.score(evidence_now(s, ctx, ballots(s.get("votes") or [])[0]))
+        final, step["moved_by"] = ctx.fitted.score(evidence_now(s, ctx, tally(s.get("ballots") or [])[0]))
     else:
         final = decide(s, ctx.cfg)[1]
     letter = top_letter(final)

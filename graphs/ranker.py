@@ -35,7 +35,7 @@ from core.types import LETTERS, UserError, top_letter, voter
 from execution.recognise import KINDS
 from graphs.features import LLM_GROUPS, VOTER, Evidence, matrix, names_in, voter_features
 from graphs.priors import fold_of
-from graphs.routing import voters
+from graphs.routing import seats
 
 FORMAT = 1
 FILES = ("ranker.txt", "gate.txt")
@@ -67,7 +67,7 @@ def fingerprint(cfg: SolverConfig) -> str:
 def feature_names(cfg: SolverConfig, llm: bool = True) -> list[str]:
     """The ranker's features for `cfg` (its voters' own included), or the gate's (`llm` False)."""
     groups = [g for g in cfg.decide.features if llm or g not in LLM_GROUPS]
-    extra = voter_features([voter(v["backbone"], v["order"]) for v in voters(cfg)]) if llm and "model" in groups else []
+    extra = voter_features([voter(v["backbone"], v["order"]) for v in seats(cfg)]) if llm and "model" in groups else []
     return names_in(groups) + extra
 
 

@@ -28,15 +28,15 @@ def option_order(n: int, k: int, seed: str) -> list[int]:
     return order
 
 
-def voters(cfg: SolverConfig) -> list[dict]:
-    """Every (backbone, option order) pair is one voter."""
+def seats(cfg: SolverConfig) -> list[dict]:
+    """Every (backbone, option order) pair is one voter: its seat, {"backbone", "order"}."""
     return [{"backbone": b.label, "order": k} for b in cfg.backbones for k in range(cfg.answer.orders)]
 
 
 def fan_out(s: dict, cfg: SolverConfig) -> list[Send]:
     """One `answer` per voter, run side by side (LangGraph Send); `vote` gathers them."""
-    return [Send(ANSWER, {"question": s["question"], "voter": v, "neighbors": s.get("neighbors") or []})
-            for v in voters(cfg)]
+    return [Send(ANSWER, {"question": s["question"], "seat": v, "neighbors": s.get("neighbors") or []})
+            for v in seats(cfg)]
 
 
 def has_examples(s: dict, cfg: SolverConfig) -> bool:

@@ -10,7 +10,7 @@ from core.types import Question
 
 class State(TypedDict, total=False):
     question: Question
-    voter: dict  # a Send's payload to `answer`: {"backbone": label, "order": k}
+    seat: dict  # a Send's payload to `answer`, the voter it answers as: {"backbone": label, "order": k}
     duplicate: dict | None  # {"task_id", "answer"}: an exact solved copy, its letter mapped to ours
     neighbors: list[dict]  # [{"task_id", "score"}], best first
     executed: dict | None  # the run's evidence: {"kind", "status", "consistent", "settled"}
@@ -18,7 +18,7 @@ class State(TypedDict, total=False):
     settled: str | None  # the letter the fitted gate settled with no LLM call
     gated: dict[str, float]  # the gate's probabilities
     decided_by: str  # duplicate, run, settle, ranker, rules
-    votes: Annotated[list[dict], operator.add]  # each voter's {"voter", "probs" | None, "error" | None}
+    ballots: Annotated[list[dict], operator.add]  # each voter's {"voter", "probs" | None, "error" | None}
     probs: dict[str, float]  # the vote's combination of the voters' probabilities
     verdicts: Annotated[list[float], operator.add]  # P(TRUE) of each verification
     rejected: Annotated[list[str], operator.add]  # letters verification turned down

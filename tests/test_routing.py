@@ -36,14 +36,14 @@ def test_duplicate_goes_straight_to_decide_and_wins():
     assert R.after_retrieve(s, cfg()) == R.DECIDE
     assert R.decide(s, cfg()) == ("D", {"A": 0.0, "B": 0.0, "C": 0.0, "D": 1.0})
     sends = R.after_retrieve(state(P), cfg())
-    assert [(x.node, x.arg["voter"]) for x in sends] == [(R.ANSWER, {"backbone": "smollm2-135m-instruct", "order": 0})]
+    assert [(x.node, x.arg["seat"]) for x in sends] == [(R.ANSWER, {"backbone": "smollm2-135m-instruct", "order": 0})]
 
 
 def test_every_backbone_and_option_order_is_a_voter():
     two = cfg(answer={"orders": 3}).model_copy(update={"backbones": [BackboneConfig(served_name="a"),
                                                                        BackboneConfig(served_name="b")]})
     sends = R.fan_out(state(P), two)
-    assert [(x.arg["voter"]["backbone"], x.arg["voter"]["order"]) for x in sends] == [
+    assert [(x.arg["seat"]["backbone"], x.arg["seat"]["order"]) for x in sends] == [
         ("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2)]
     assert all(x.node == R.ANSWER and x.arg["question"] is Q for x in sends)
 
