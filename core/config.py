@@ -300,13 +300,17 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     includes = raw.pop("include", [])
+    includes = [includes] if isinstance(includes, str) else includes
+    if not isinstance(includes, list) or not all(isinstance(n, str) for n in includes):
+        raise ConfigError(f"{path}: field 'include': a config file or a list of them")
     base: dict = {}
-    for name in [includes] if isinstance(includes, str) else includes:
+    for name in includes:
         part = path.parent / name
         if not part.is_file() or part.resolve() in (*seen, path.resolve()):
             raise ConfigError(f"{path}: include '{name}': "
                               f"{'includes itself' if part.is_file() else 'no such config file'}")
-        base = merged(base, read_yaml(part, (*seen, path.resolve())))
+        part_raw = read_yaml(part, (*seen, path.resolve()))
+        base = merged(base, {k: v for k, v in part_raw.items() if k != "name"})  # a config is named by its own file
     return merged(base, raw)
 
 

@@ -117,7 +117,7 @@ class GraphRunner:
                                                      self.calibration)
         self.index, self.hardware, self.extra = index, hardware or {}, extra or {}
         self.batcher = StepBatcher(handlers)
-        nodes = make_nodes(cfg, backbones, self.batcher, index, self.calibration, fitted)
+        nodes = make_nodes(cfg, backbones, self.batcher, self.calibration, index, fitted)
         self.graph = build_graph(cfg, {name: self.batcher.node(fn) for name, fn in nodes.items()})
 
     async def _one(self, position: int, q: Question) -> dict:

@@ -265,10 +265,8 @@ NODES = {"retrieve": retrieve, "execute": execute, "settle": settle, "answer": a
          "reanswer": reanswer, "decide": decide_node}
 
 
-def make_nodes(cfg, backbones: dict, batcher, index=None, calibration: V.Calibration | None = None,
-               fitted=None) -> dict:
-    """Every node bound to one run's Context (`calibration` None: the config's weights alone)."""
+def make_nodes(cfg, backbones: dict, batcher, calibration: V.Calibration, index=None, fitted=None) -> dict:
+    """Every node bound to one run's Context."""
     option_priors = OptionPriors.build(index.records, kind_of=kind_of) if fitted is not None else None
-    ctx = Context(cfg, backbones, batcher, calibration or V.Calibration(weights=cfg.vote.weights), index, fitted,
-                  option_priors)
+    ctx = Context(cfg, backbones, batcher, calibration, index, fitted, option_priors)
     return {name: partial(fn, ctx=ctx) for name, fn in NODES.items()}

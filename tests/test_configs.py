@@ -112,6 +112,12 @@ def test_a_config_states_what_differs_from_what_it_includes(tmp_path):
     (tmp_path / "loop.yaml").write_text("include: loop.yaml\n")
     with pytest.raises(ConfigError, match=r"loop.yaml: include 'loop.yaml': includes itself$"):
         load_config(tmp_path / "loop.yaml")
+    (tmp_path / "odd.yaml").write_text("include: {base.yaml: 1}\n")
+    with pytest.raises(ConfigError, match=r"odd.yaml: field 'include': a config file or a list of them$"):
+        load_config(tmp_path / "odd.yaml")
+    (tmp_path / "named.yaml").write_text("name: base\nanswer: {orders: 1}\n")
+    (tmp_path / "child.yaml").write_text("include: named.yaml\n")
+    assert load_config(tmp_path / "child.yaml").name == "child"  # named by its own file, not its base
     (tmp_path / "gone.yaml").write_text("include: nowhere.yaml\n")
     with pytest.raises(ConfigError, match=r"gone.yaml: include 'nowhere.yaml': no such config file$"):
         load_config(tmp_path / "gone.yaml")
