@@ -74,7 +74,7 @@ def option_probabilities(top: dict[int, float], options: list[str], decode) -> d
 def run_dtype(cfg: BackboneConfig) -> str:
     """The dtype `cfg` answers in: this machine's choice, except on a server elsewhere (base_url,
     one or several replicas), which chose its own."""
-    return cfg.dtype if cfg.kind == "server" and cfg.base_url else pick_dtype(cfg.dtype)
+    return cfg.dtype if cfg.backend == "server" and cfg.base_url else pick_dtype(cfg.dtype)
 
 
 def engine_dtype(cfg: BackboneConfig) -> str:
@@ -259,8 +259,8 @@ class ServerBackbone(Backbone):
 
         entry = served(cfg.label)
         if entry is None:
-            raise BackboneError(f"backbone '{cfg.label}': kind 'server' without base_url, and no live server for it in "
-                                f"{registry_dir()} (start one: solver serve --config CONFIG)")
+            raise BackboneError(f"backbone '{cfg.label}': backend 'server' without base_url, and no live server "
+                                f"for it in {registry_dir()} (start one: solver serve --config CONFIG)")
         return entry["base_url"]
 
     @cached_property
@@ -387,7 +387,7 @@ def check_backbone(cfg: BackboneConfig) -> None:
     """What can be known of a backbone before anything starts: its model (and adapter and
     tokenizer) here, or its server answering; one line (ModelError, BackboneError) if not."""
     locate_model(cfg.tokenizer or cfg.model)  # a server's prompts are tokenized here too
-    if cfg.kind == "engine":
+    if cfg.backend == "engine":
         locate_model(cfg.model)
         if cfg.lora:
             resolve_adapter(cfg.lora)
@@ -405,4 +405,4 @@ def check_backbone(cfg: BackboneConfig) -> None:
 
 
 def make_backbone(cfg: BackboneConfig) -> Backbone:
-    return {"engine": EngineBackbone, "server": ServerBackbone}[cfg.kind](cfg)
+    return {"engine": EngineBackbone, "server": ServerBackbone}[cfg.backend](cfg)

@@ -90,7 +90,7 @@ def locate_model(spec: str) -> tuple[str, bool]:
     """(where `spec`'s weights are, whether that is a GGUF to dequantize first), or one line
     saying why they are not here; reads no weights, so a run checks every model first."""
     e = registry.entry(spec)
-    if e is not None and e.kind == "llm":
+    if e is not None and e.role == "llm":
         path = registry.require(e.name)
         return str(path), path.suffix == ".gguf"
     path = Path(spec).expanduser()
@@ -104,7 +104,7 @@ def locate_model(spec: str) -> tuple[str, bool]:
         return str(path.resolve()), False
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
         return spec, False  # a hub id: loaded by vLLM/transformers as usual
-    names = ", ".join(n for n, e in registry.MODELS.items() if e.kind == "llm")
+    names = ", ".join(n for n, e in registry.MODELS.items() if e.role == "llm")
     raise ModelError(f"model '{spec}': not a registered name ({names}), a local folder, a .gguf file or a hub id")
 
 
@@ -117,7 +117,7 @@ def resolve_model(spec: str) -> str:
 def resolve_adapter(spec: str) -> str:
     """A LoRA adapter folder: a registered adapter's name (shipped in the repo) or a path."""
     e = registry.entry(spec)
-    if e is not None and e.kind == "adapter":
+    if e is not None and e.role == "adapter":
         return str(registry.require(e.name))
     adapter_config(spec)
     return str(Path(spec).expanduser().resolve())

@@ -42,7 +42,7 @@ class Part:
 @dataclass(frozen=True)
 class Entry:
     name: str
-    kind: Literal["llm", "embedding", "adapter"]
+    role: Literal["llm", "embedding", "adapter"]
     source: Literal["package", "parts", "repo"]
     size: int  # bytes of the weights, for the list
     package: str = ""  # source package: "name==version", imported as `module`

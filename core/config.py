@@ -27,7 +27,7 @@ class BackboneConfig(Strict):
     # without base_url, the one `solver serve` started for it. A list of URLs: replicas of
     # one server (the same model, dtype and flags on each); each question's prompts go to
     # one of them, by its task_id (README, "Several machines").
-    kind: Literal["engine", "server"] = "engine"
+    backend: Literal["engine", "server"] = "engine"
     base_url: str | list[str] | None = None
     api_key_env: str = "OPENAI_API_KEY"  # the variable that holds the server's key, if any
     served_name: str | None = None  # the server's model id; default: model
@@ -123,7 +123,7 @@ class ExecuteConfig(Strict):
     trust: list[Literal["output", "error", "examples", "compile"]] = ["output", "examples", "compile"]
     # Evidence whose ruled-out options are removed from the answer's probabilities when it
     # leaves more than one (a behaviour question's program compiled: not "Compile Error").
-    eliminate: list[Literal["output", "error", "examples", "compile"]] = ["examples", "compile"]
+    rule_out: list[Literal["output", "error", "examples", "compile"]] = ["examples", "compile"]
     timeout_s: float = 5.0  # wall time per run (compiling has its own budget)
     # A run's memory: all its processes together, in a cgroup of its own where the machine
     # allows (root, cgroup v1), and each process's rlimit; a run that reaches it is killed
@@ -138,7 +138,7 @@ class ExecuteConfig(Strict):
 
 class ReanswerConfig(Strict):
     enabled: bool = False
-    eliminate: bool = True  # drop the option that verification rejected
+    drop_rejected: bool = True  # drop the option that verification rejected
     weight: float = 0.5  # the re-answer's share of the final probabilities
 
 
@@ -288,6 +288,23 @@ def merged(base: dict, over: dict) -> dict:
     return out
 
 
+# Keys renamed so that one name means one thing; a config file may still use the old name.
+OLD_NAMES = {"backbone": {"kind": "backend"}, "execute": {"eliminate": "rule_out"},
+             "reanswer": {"eliminate": "drop_rejected"}}
+
+
+def renamed(raw: dict, path: Path) -> dict:
+    """`raw` with each old key under its new name (both in one block: one line naming the file)."""
+    blocks = [(s, raw.get(s)) for s in OLD_NAMES] + [("backbone", b) for b in raw.get("backbones") or []]
+    for section, block in blocks:
+        for old, new in OLD_NAMES[section].items():
+            if isinstance(block, dict) and old in block:
+                if new in block:
+                    raise ConfigError(f"{path}: field '{section}.{old}': the old name of '{new}', and both are given")
+                block[new] = block.pop(old)
+    return raw
+
+
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """A config file's mapping, on top of the files its `include:` names (one or a list, paths
     relative to it, later ones winning), so a config states only what differs from its base."""
@@ -299,6 +316,7 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = renamed(raw, path)
     includes = raw.pop("include", [])
     includes = [includes] if isinstance(includes, str) else includes
     if not isinstance(includes, list) or not all(isinstance(n, str) for n in includes):

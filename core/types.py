@@ -76,7 +76,7 @@ class Found(BaseModel):
 
     pooled: dict[str, float] = Field(default_factory=dict)  # the vote's combination, before any option is ruled out
     duplicate: str | None = None  # an exact solved copy's answer, as this question's letter
-    executed: dict | None = None  # the sandboxed run's evidence: kind, status, consistent, settled
+    executed: dict | None = None  # the sandboxed run's evidence: check, status, consistent, settled
     neighbours: list[tuple[str, float]] = Field(default_factory=list)  # solved (task_id, cosine), best first
     decided_by: str = "rules"  # duplicate, run, settle (the LLM-free fit), ranker, rules
 

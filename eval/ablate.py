@@ -53,7 +53,7 @@ GRID = [
     field("execute", "enabled", [True, False]),
     field("execute", "trust", [["output", "examples", "compile"], ["output", "examples", "compile", "error"],
                                ["output", "examples"], ["output"]]),
-    field("execute", "eliminate", [["examples", "compile"], [], ["compile"]]),
+    field("execute", "rule_out", [["examples", "compile"], [], ["compile"]]),
     field("answer", "orders", [1, 2]),
     STEPS,
     field("retrieve", "k", [1, 2, KMAX]),
@@ -154,8 +154,8 @@ def rows_for(tuned):
                      else [*tuned.execute.trust, kind])
             rows[f"full {'-' if kind in tuned.execute.trust else '+'} {kind} evidence"] = with_(
                 tuned, execute={"trust": trust})
-        if tuned.execute.eliminate:
-            rows["full - elimination"] = with_(tuned, execute={"eliminate": []})
+        if tuned.execute.rule_out:
+            rows["full - elimination"] = with_(tuned, execute={"rule_out": []})
     else:
         rows["full + execute"] = with_(tuned, execute={"enabled": True})
     if tuned.answer.orders > 1:
@@ -241,7 +241,7 @@ def main():
               f"{dev_acc:.4f}; a change kept only with net flips >= {args.z} sd)")
     lines = [f"Graph ablation: {tuning}; reported on split test; index: split train.", "",
              (f"Tuned: duplicates {tuned.retrieve.duplicates}, execute {tuned.execute.enabled} (trusted: "
-              f"{', '.join(tuned.execute.trust)}; eliminating: {', '.join(tuned.execute.eliminate) or 'none'}), "
+              f"{', '.join(tuned.execute.trust)}; eliminating: {', '.join(tuned.execute.rule_out) or 'none'}), "
               f"option orders {tuned.answer.orders}, verify "
              f"{tuned.verify.enabled}, reanswer {tuned.reanswer.enabled} (examples: floor {tuned.retrieve.floor}, "
              f"k {tuned.retrieve.k}), graph.accept {tuned.graph.accept}, verify.accept {tuned.verify.accept}, "

@@ -49,7 +49,7 @@ def main():
     rows: dict[tuple[str, str], Counter] = {}
     for (q, j), rs in zip(jobs, results):
         e = evidence(q, j, rs)
-        tier = e.kind if e.status in ("ok", "compile_error", "runtime_error") else "other"
+        tier = e.check if e.status in ("ok", "compile_error", "runtime_error") else "other"
         c = rows.setdefault((j.language, tier), Counter())
         c["runs"] += 1
         c["settled"] += e.settled is not None

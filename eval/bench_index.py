@@ -150,7 +150,7 @@ def bench_train(data: Path, queries_from: Path, dtype: str, n_single: int, n_bat
     vectors = np.vstack([ix._cpu.reconstruct(i) for i in range(ix._cpu.ntotal)])
     _, truth = ix.search(qv, 5)
     for kind in ("ivf", "hnsw"):
-        approx = Index.from_vectors(solved, vectors, kind=kind, dtype=dtype)
+        approx = Index.from_vectors(solved, vectors, index_type=kind, dtype=dtype)
         _, got = approx.search(qv, 5)
         print(f"  {kind}: recall@5 vs flat on real vectors {recall_at(truth, got):.3f} "
               f"({approx.manifest['index_params']})")

@@ -1,4 +1,4 @@
-"""What the sandbox's runs say about the options: the letters each kind of run is
+"""What the sandbox's runs say about the options: the letters each check (kind of run) is
 consistent with. A snippet's output matches options ("output" evidence); a snippet that
 fails to compile or raises points at the options that name an error ("error"); the bodies
 that pass a completion's examples ("examples"); a behaviour question's compile, or not
@@ -24,7 +24,7 @@ class Evidence:
 
     # output: the output matched; error: the run failed, options name an error; examples:
     # bodies passed; compile: the program compiled (or not), options name a compile error (or not)
-    kind: str
+    check: str  # output, error, examples or compile (config: execute.trust, execute.rule_out)
     status: str  # the sandbox's: ok, compile_error, runtime_error, timeout, killed, unavailable
     consistent: list[str] = field(default_factory=list)  # empty: the run settles nothing
 
@@ -57,14 +57,14 @@ def evidence(q: Question, job: Job, results: list) -> Evidence:
     failed to compile, else the others. A run or compile that a limit stopped (`timeout`,
     `killed`) says nothing: how long a program takes, and how much memory the kernel finds
     for it, depend on the machine and its load, so they must not decide."""
-    if job.kind == "examples":  # a body stopped by a limit is not ruled out: it says nothing
+    if job.check == "examples":  # a body stopped by a limit is not ruled out: it says nothing
         statuses = {r.status for r in results}
         status = "ok" if statuses & {"ok", "runtime_error"} else min(statuses)  # unavailable, timeout...
         if status != "ok" or not any(passes(r) for r in results):
             return Evidence("examples", status)
         return Evidence("examples", status, [k for k, r in zip(q.letters, results) if passes(r) or r.status in STOPPED])
     status, stdout = results[0].status, results[0].stdout
-    if job.kind == "compile":  # Python that does not parse may be Python 2: no evidence
+    if job.check == "compile":  # Python that does not parse may be Python 2: no evidence
         if status not in ("ok", "compile_error") or (status == "compile_error" and job.language == "python"):
             return Evidence("compile", status)
         if job.language == "java" and java_class(job.sources[0]) != "Main":
@@ -76,4 +76,4 @@ def evidence(q: Question, job: Job, results: list) -> Evidence:
         return Evidence("output", status, [k for k, c in zip(q.letters, q.choices) if said and tokens(c) == said])
     if status in ("compile_error", "runtime_error"):
         return Evidence("error", status, [k for k, c in zip(q.letters, q.choices) if ERROR_OPTION.search(c)])
-    return Evidence(job.kind, status)
+    return Evidence(job.check, status)

@@ -71,7 +71,9 @@ ARROW = r"\s*(?:==|=>|->|➞|⇒|→|=|should\s+return|returns?)\s*"
 class Job:
     """The programs to run for a question: one (output), or one per option (examples)."""
 
-    kind: str  # output: the options are outputs; examples: the options are bodies; compile: compile only
+    # What the run checks: output (the options are outputs), examples (the options are
+    # bodies), compile (compile only).
+    check: str
     language: str
     sources: list[str]
 

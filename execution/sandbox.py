@@ -387,7 +387,7 @@ def run_jobs(jobs: list, cfg) -> list[list[Result]]:
     programs at a time (`cfg`: ExecuteConfig); each job's results, in its programs' order."""
     results = iter(run_many([{"language": j.language, "source": s, "timeout_s": cfg.timeout_s,
                               "memory_mb": cfg.memory_mb, "unsafe": cfg.sandbox == "none",
-                              "check_only": j.kind == "compile", "compile_timeout_s": cfg.compile_timeout_s,
+                              "check_only": j.check == "compile", "compile_timeout_s": cfg.compile_timeout_s,
                               "compile_memory_mb": cfg.compile_memory_mb}
                              for j in jobs for s in j.sources], workers=cfg.workers))
     return [[next(results) for _ in j.sources] for j in jobs]

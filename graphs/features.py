@@ -351,7 +351,7 @@ def llm_rank(ev: Evidence) -> list[float]:
 
 # ---- execution: what running the question's code in the sandbox said ------------------
 
-RUN_KINDS = ("output", "examples", "compile", "error")
+CHECKS = ("output", "examples", "compile", "error")
 
 
 def _consistent(ev: Evidence) -> list[str]:
@@ -378,8 +378,8 @@ def run_settles(ev: Evidence) -> list[float]:
 
 @feature("execution", "Which kind of evidence the run gave: 0 none, 1 output, 2 examples, 3 compile, 4 error.")
 def run_kind(ev: Evidence) -> list[float]:
-    kind = (ev.executed or {}).get("kind")
-    return [float(RUN_KINDS.index(kind) + 1 if kind in RUN_KINDS else 0)] * len(ev.question.choices)
+    check = (ev.executed or {}).get("check")
+    return [float(CHECKS.index(check) + 1 if check in CHECKS else 0)] * len(ev.question.choices)
 
 
 @feature("retrieval", "1 for the option an exact solved copy (same question, same options) answered.")

@@ -9,7 +9,7 @@ answer:   one voter's probabilities: one backbone, one option order (fanned out 
 vote:     the voters' probabilities combined by `vote.rule` (graphs/vote.py: RULES).
 verify:   P(TRUE) that the current answer is right, from the logprobs of TRUE/FALSE.
 reanswer: answer again after solved neighbours as worked examples, without the option
-          verification turned down (if `eliminate`); the first backbone, every order.
+          verification turned down (if `reanswer.drop_rejected`); the first backbone, every order.
 settle:   with a fitted decision: its LLM-free gate (graphs/ranker.py), which settles the
           question with no LLM call where it is sure enough for the question's kind.
 decide:   the final letter: a duplicate's, a trusted run's, the gate's, else the fitted
@@ -170,11 +170,11 @@ async def execute(s: dict, ctx: Context) -> dict:
         return {"executed": None, "trace": [{"step": "execute", "ran": False}]}
     (results,) = await ctx.batcher.submit("execute", [job])
     e = evidence(q, job, results)
-    executed = {"kind": e.kind, "status": e.status, "consistent": e.consistent, "settled": e.settled}
+    executed = {"check": e.check, "status": e.status, "consistent": e.consistent, "settled": e.settled}
     seconds = round(sum(r.seconds for r in results if not r.cached), 3)  # a cached run cost nothing now
     step = {"step": "execute", "ran": True, "language": job.language, "runs": len(results), "seconds": seconds,
             **executed, "trusted": settled_by_run({"executed": executed}, cfg) is not None,
-            "ruled_out": e.ruled_out(q.letters) if e.kind in cfg.execute.eliminate and not e.settled else []}
+            "ruled_out": e.ruled_out(q.letters) if e.check in cfg.execute.rule_out and not e.settled else []}
     if stopped := [r for r in results if r.status in ("unavailable", "killed")]:
         step["why"] = (stopped[0].stderr.strip().splitlines() or [stopped[0].status])[-1]
     if peaks := [r.peak_mb for r in results if r.peak_mb is not None]:
@@ -219,7 +219,7 @@ async def _reanswer_probs(q: Question, keep: list[int], examples: list, ctx: Con
 
 async def reanswer(s: dict, ctx: Context) -> dict:
     q, cfg = s["question"], ctx.cfg
-    rejected = set(s.get("rejected") or []) if cfg.reanswer.eliminate else set()
+    rejected = set(s.get("rejected") or []) if cfg.reanswer.drop_rejected else set()
     keep = [i for i, letter in enumerate(q.letters) if letter not in rejected]
     examples = examples_for(s, ctx, cfg.retrieve.k) if has_examples(s, cfg) else []
     before = top_letter(current(s, cfg))

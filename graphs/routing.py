@@ -48,7 +48,7 @@ def has_examples(s: dict, cfg: SolverConfig) -> bool:
 def can_reanswer(s: dict, cfg: SolverConfig) -> bool:
     if not cfg.reanswer.enabled or s.get("rounds", 0) >= cfg.graph.max_rounds:
         return False
-    return has_examples(s, cfg) or (cfg.reanswer.eliminate and bool(s.get("rejected")))
+    return has_examples(s, cfg) or (cfg.reanswer.drop_rejected and bool(s.get("rejected")))
 
 
 def settles(cfg: SolverConfig) -> bool:
@@ -69,7 +69,7 @@ def after_retrieve(s: dict, cfg: SolverConfig) -> str | list[Send]:
 def settled_by_run(s: dict, cfg: SolverConfig) -> str | None:
     """The option a sandboxed run left alone, when its kind of evidence is trusted."""
     e = s.get("executed")
-    return e["settled"] if e and e["settled"] and e["kind"] in cfg.execute.trust else None
+    return e["settled"] if e and e["settled"] and e["check"] in cfg.execute.trust else None
 
 
 def after_execute(s: dict, cfg: SolverConfig) -> str | list[Send]:
@@ -131,13 +131,13 @@ def current(s: dict, cfg: SolverConfig) -> dict[str, float]:
     if s.get("reprobs"):
         w = cfg.reanswer.weight
         p = {k: (1 - w) * p[k] + w * s["reprobs"].get(k, 0.0) for k in p}
-    return eliminate(p, s.get("executed"), cfg)
+    return rule_out(p, s.get("executed"), cfg)
 
 
-def eliminate(p: dict[str, float], executed: dict | None, cfg: SolverConfig) -> dict[str, float]:
+def rule_out(p: dict[str, float], executed: dict | None, cfg: SolverConfig) -> dict[str, float]:
     """The probabilities without the options a run ruled out (when its kind is trusted to
     rule out), renormalised; a run consistent with no option removes nothing."""
-    keep = executed["consistent"] if executed and executed["kind"] in cfg.execute.eliminate else []
+    keep = executed["consistent"] if executed and executed["check"] in cfg.execute.rule_out else []
     if not keep:
         return dict(p)
     kept = {k: (v if k in keep else 0.0) for k, v in p.items()}

@@ -13,7 +13,7 @@ class State(TypedDict, total=False):
     seat: dict  # a Send's payload to `answer`, the voter it answers as: {"backbone": label, "order": k}
     duplicate: dict | None  # {"task_id", "answer"}: an exact solved copy, its letter mapped to ours
     neighbors: list[dict]  # [{"task_id", "score"}], best first
-    executed: dict | None  # the run's evidence: {"kind", "status", "consistent", "settled"}
+    executed: dict | None  # the run's evidence: {"check", "status", "consistent", "settled"}
     found_neighbours: list[tuple[str, float]]  # what the fitted decision's retrieval features read
     settled: str | None  # the letter the fitted gate settled with no LLM call
     gated: dict[str, float]  # the gate's probabilities

@@ -3,7 +3,7 @@
 A folder holds three files, written into a temporary folder and renamed into place
 (a reader never sees half an index): `index.faiss` (faiss.write_index of a CPU index),
 `metadata.jsonl` (task_id, question, choices, answer; row i is vector i) and
-`manifest.json` (model, dimension, count, data sha256, build time, kind, faiss version,
+`manifest.json` (model, dimension, count, data sha256, build time, index type, faiss version,
 each file's sha256). No pickle. Loading checks all of it, and a bad folder is one
 `IndexLoadError` line.
 """
@@ -36,7 +36,7 @@ from index.embed import (
     normalise_option,
 )
 
-KINDS = ("auto", "flat", "ivf", "hnsw")
+INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
 AUTO_THRESHOLD = 100_000  # auto: exact below this many vectors (flat is ~6 ms/query at 100k on 1 CPU core), IVF from it
 DEFAULT_NPROBE = 32  # IVF lists visited per query (see eval/bench_index.py)
 DEFAULT_EF_SEARCH = 96  # HNSW candidate list per query (see eval/bench_index.py)
@@ -80,11 +80,11 @@ def _has_gpu() -> bool:
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
 
-def pick_kind(kind: str, n: int) -> str:
-    if kind not in KINDS:
-        raise IndexBuildError(f"index kind '{kind}': not one of {', '.join(KINDS)}")
-    if kind != "auto":
-        return kind
+def pick_type(index_type: str, n: int) -> str:
+    if index_type not in INDEX_TYPES:
+        raise IndexBuildError(f"index type '{index_type}': not one of {', '.join(INDEX_TYPES)}")
+    if index_type != "auto":
+        return index_type
     return "flat" if n < AUTO_THRESHOLD else "ivf"  # IVF: best recall in eval/bench_index.py, and on GPUs
 
 
@@ -93,12 +93,12 @@ def ivf_nlist(n: int) -> int:
     return max(1, min(round(4 * math.sqrt(n)), n // 39))
 
 
-def make_index(vectors: np.ndarray, kind: str, seed: int = 0) -> tuple[faiss.Index, dict]:
-    """A CPU index of `kind` (flat, ivf or hnsw) holding `vectors` (unit rows), and its build parameters."""
+def make_index(vectors: np.ndarray, index_type: str, seed: int = 0) -> tuple[faiss.Index, dict]:
+    """A CPU index of `index_type` (flat, ivf or hnsw) holding `vectors` (unit rows), and its build parameters."""
     n, d = vectors.shape
-    if kind == "flat":
+    if index_type == "flat":
         index, params = faiss.IndexFlatIP(d), {}
-    elif kind == "ivf":
+    elif index_type == "ivf":
         nlist = ivf_nlist(n)
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
@@ -106,12 +106,12 @@ def make_index(vectors: np.ndarray, kind: str, seed: int = 0) -> tuple[faiss.Ind
         index.cp.seed = seed
         index.train(sample)
         params = {"nlist": nlist}
-    elif kind == "hnsw":
+    elif index_type == "hnsw":
         index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
     else:
-        raise IndexBuildError(f"index kind '{kind}': not one of flat, ivf, hnsw")
+        raise IndexBuildError(f"index type '{index_type}': not one of flat, ivf, hnsw")
     index.add(np.ascontiguousarray(vectors, dtype=np.float32))
     return index, params
 
@@ -154,18 +154,18 @@ class Index:
     # ---- building, saving, loading -------------------------------------------------
 
     @classmethod
-    def build(cls, questions: list[Question], model: str = DEFAULT_MODEL, kind: str = "auto", *,
+    def build(cls, questions: list[Question], model: str = DEFAULT_MODEL, index_type: str = "auto", *,
               nprobe: int | None = None, ef_search: int | None = None, batch_size: int = 64,
               progress: Progress | None = None, source: str | Path | None = None, skipped: dict | None = None,
               dtype: str = "auto") -> Index:
         """Embed labelled questions (question + options) and index them (dtype: solver.hardware)."""
         _check(questions)
-        pick_kind(kind, len(questions))  # a bad kind fails before the model loads
+        pick_type(index_type, len(questions))  # a bad type fails before the model loads
         dtype = pick_dtype(dtype)
         encoder = get_model(model, dtype=dtype)
         start = time.perf_counter()
         vectors = embed_texts(encoder, [embedding_text(q) for q in questions], batch_size, progress)
-        ix = cls.from_vectors(questions, vectors, model, kind, nprobe=nprobe, ef_search=ef_search,
+        ix = cls.from_vectors(questions, vectors, model, index_type, nprobe=nprobe, ef_search=ef_search,
                               source=source, skipped=skipped, dtype=dtype, encoder=encoder)
         ix.manifest["embed_seconds"] = round(time.perf_counter() - start - ix.manifest["build_seconds"], 3)
         ix.manifest["build_seconds"] = round(time.perf_counter() - start, 3)
@@ -173,19 +173,19 @@ class Index:
 
     @classmethod
     def from_vectors(cls, questions: list[Question], vectors: np.ndarray, model: str = DEFAULT_MODEL,
-                     kind: str = "auto", *, nprobe: int | None = None, ef_search: int | None = None,
+                     index_type: str = "auto", *, nprobe: int | None = None, ef_search: int | None = None,
                      source: str | Path | None = None, skipped: dict | None = None, dtype: str = "float32",
                      encoder=None) -> Index:
         """An index of questions already embedded by `model` (unit rows, in question order)."""
         _check(questions)
         if vectors.ndim != 2 or len(vectors) != len(questions):
             raise IndexBuildError(f"{len(questions)} questions but vectors of shape {vectors.shape}")
-        kind = pick_kind(kind, len(questions))
+        index_type = pick_type(index_type, len(questions))
         start = time.perf_counter()
-        cpu_index, params = make_index(vectors, kind)
-        if kind == "ivf":
+        cpu_index, params = make_index(vectors, index_type)
+        if index_type == "ivf":
             params["nprobe"] = nprobe or DEFAULT_NPROBE
-        if kind == "hnsw":
+        if index_type == "hnsw":
             params["efSearch"] = ef_search or DEFAULT_EF_SEARCH
         import sentence_transformers
 
@@ -200,7 +200,7 @@ class Index:
             "skipped_rows": dict(skipped or {}),
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "build_seconds": round(time.perf_counter() - start, 3),
-            "index_kind": kind,
+            "index_type": index_type,
             "index_params": params,
             "metric": "inner product of L2-normalised vectors (cosine)",
             "text": "question without 'Question:', then its options sorted, one per line",
@@ -292,18 +292,22 @@ class Index:
 
     def _on_device(self, cpu_index: faiss.Index) -> faiss.Index:
         """A GPU copy for flat and IVF when this faiss sees a GPU; the CPU index otherwise."""
-        if _has_gpu() and self.manifest.get("index_kind") in ("flat", "ivf"):
+        if _has_gpu() and self.index_type in ("flat", "ivf"):
             return faiss.index_cpu_to_all_gpus(cpu_index)
         return cpu_index
 
+    @property
+    def index_type(self) -> str | None:
+        """flat, ivf or hnsw (`index_kind` in a manifest written before the rename)."""
+        return self.manifest.get("index_type", self.manifest.get("index_kind"))
+
     def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
         """Recall against speed: IVF lists probed, HNSW candidates kept."""
-        kind = self.manifest.get("index_kind")
-        if kind == "ivf" and nprobe:
+        if self.index_type == "ivf" and nprobe:
             self.manifest["index_params"]["nprobe"] = nprobe
             space = faiss.GpuParameterSpace() if self._search is not self._cpu else faiss.ParameterSpace()
             space.set_index_parameter(self._search, "nprobe", nprobe)
-        if kind == "hnsw" and ef_search:
+        if self.index_type == "hnsw" and ef_search:
             self.manifest["index_params"]["efSearch"] = ef_search
             self._cpu.hnsw.efSearch = ef_search
 

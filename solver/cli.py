@@ -177,16 +177,16 @@ app.add_typer(models_app, name="models")
 
 @models_app.command("list")
 def models_list():
-    """Each registered model: name, kind, size, where it comes from, whether it is here.
+    """Each registered model: name, role, size, where it comes from, whether it is here.
     Whole names and paths at any width (a config names models by these names): columns are
     aligned, never cut; a narrow terminal wraps the line."""
     from backends.registry import MODELS, location, pull_command
 
-    rows = [("name", "kind", "size", "from", "here")]
+    rows = [("name", "role", "size", "from", "here")]
     for e in MODELS.values():
         path = location(e)
         here = str(path) if path else f"no: {pull_command(e)}"
-        rows.append((e.name, e.kind, f"{e.size / 1e6:,.0f} MB", e.origin, here))
+        rows.append((e.name, e.role, f"{e.size / 1e6:,.0f} MB", e.origin, here))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         out.print("  ".join([c.ljust(w) for c, w in zip(r, widths)] + [r[-1]]), highlight=False, markup=False)
@@ -298,20 +298,20 @@ def finetune(
 
 @app.command()
 def serve(
-    config: Path = typer.Option(..., "--config", "-c", help="Solver YAML config: its kind-server backbones."),
+    config: Path = typer.Option(..., "--config", "-c", help="Solver YAML config: its backend-server backbones."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address the servers bind to."),
     verbose: bool = VERBOSE,
 ):
-    """Start a vLLM server per backbone of a config that has kind: server and no base_url;
+    """Start a vLLM server per backbone of a config that has backend: server and no base_url;
     `solver run`/`eval` with the config then use them. Ctrl-C or SIGTERM stops them all."""
     with chatter_to_log(verbose):
         from backends.server import serve_all
 
         with reported():
             cfg = load_config(config)
-            todo = [b for b in cfg.backbones if b.kind == "server" and not b.base_url]
+            todo = [b for b in cfg.backbones if b.backend == "server" and not b.base_url]
             if not todo:
-                fail(f"{config}: no backbone has kind: server without a base_url, so there is nothing to serve")
+                fail(f"{config}: no backbone has backend: server without a base_url, so there is nothing to serve")
             for b in todo:  # a bad model name fails here, in one line, before any server starts
                 resolve_model(b.model)
             status = serve_all(todo, host, say=lambda m: err.print(m, highlight=False, markup=False))

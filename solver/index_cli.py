@@ -24,8 +24,8 @@ def build(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Index folder to write (replaced if it is an index)."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Embedding model: the embedded name, a local "
                               "folder or a hub id."),
-    kind: str = typer.Option("auto", "--kind", help="flat (exact), ivf or hnsw (approximate); auto: flat below 100k "
-                             "questions, else ivf."),
+    index_type: str = typer.Option("auto", "--index-type", "--kind", help="flat (exact), ivf or hnsw (approximate); "
+                                   "auto: flat below 100k questions, else ivf (--kind: its old name)."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF: lists probed per query (default 32)."),
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW: candidates kept per query (default 96)."),
     dtype: str = typer.Option("auto", "--dtype", help="Encoder precision: auto (bf16 where the hardware computes it "
@@ -39,11 +39,12 @@ def build(
 
         loaded = load_questions(data, labelled=True)
         with progress_callback("texts", "embedding", disable=quiet) as progress:  # on stderr: stdout is for results
-            ix = Index.build(loaded.questions, model, kind, nprobe=nprobe, ef_search=ef_search, batch_size=batch_size,
-                             progress=progress, source=data, skipped=dict(loaded.skipped), dtype=dtype)
+            ix = Index.build(loaded.questions, model, index_type, nprobe=nprobe, ef_search=ef_search,
+                             batch_size=batch_size, progress=progress, source=data, skipped=dict(loaded.skipped),
+                             dtype=dtype)
         ix.save(out_dir)
     m = ix.manifest
-    out.print(f"indexed {m['count']} questions from {data} into {out_dir} ({m['index_kind']}, "
+    out.print(f"indexed {m['count']} questions from {data} into {out_dir} ({ix.index_type}, "
               f"{m['dimension']} dimensions, {m['embedding_model']}; {m['build_seconds']:.1f} s{skipped_note(loaded)})",
               highlight=False, soft_wrap=True)
 
@@ -58,8 +59,9 @@ def query(
                                         "(default: it)."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF: lists probed per query."),
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW: candidates kept per query."),
-    labelled: bool = typer.Option(False, "--labelled", help="INPUT is labelled data: skip rows without a usable "
-                                  "label, as eval does."),
+    require_answers: bool = typer.Option(False, "--require-answers", "--labelled", help="INPUT's rows must have "
+                                         "answers: skip rows without a usable one, as eval does (--labelled: its old "
+                                         "name)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no summary."),
 ):
     """One JSON line per question: its exact duplicate's answer (or null) and its nearest solved questions."""
@@ -67,7 +69,7 @@ def query(
         from index.store import Index
 
         ix = Index.load(index, model, nprobe=nprobe, ef_search=ef_search)
-        questions = load_questions(input, labelled=labelled).questions
+        questions = load_questions(input, labelled=require_answers).questions
         with progress_callback("texts", "querying", disable=quiet) as progress:
             results = ix.query(questions, k, min_score, progress=progress)
     for r in results:

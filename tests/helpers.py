@@ -81,7 +81,7 @@ def shown(prompt: str, text: str) -> str:
 
 # Two batch-invariant servers of the embedded model, as `solver serve` starts them for a vote
 # of two labels; each also answers to the model's own name, so together they are replicas.
-PAIR = {"backbones": [SMALL | {"kind": "server", "served_name": n, "batch_invariant": True, "kv_cache_gb": 0.5}
+PAIR = {"backbones": [SMALL | {"backend": "server", "served_name": n, "batch_invariant": True, "kv_cache_gb": 0.5}
                       for n in ("alpha", "beta")],
         "answer": {"orders": 2, "batch_size": 2}, "graph": {"enabled": True}, "vote": {"rule": "weighted"}}
 

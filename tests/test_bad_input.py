@@ -103,7 +103,8 @@ def test_graph_command_with_bad_config(tmp_path):
     ({"graph": {"enabled": True}, "vote": {"debias": {"source": "file"}}}, "source: file needs data"),
     ({"graph": {"enabled": True}, "vote": {"debias": {"source": "run", "share": 2}}}, "field 'vote.debias.share'"),
     ({"graph": {"enabled": True}, "vote": {"rule": "pool", "weights": {"x": "heavy"}}}, "field 'vote.weights.x'"),
-    ({"backbone": {"kind": "server", "served_name": "ghost"}}, "backbone 'ghost': kind 'server' without base_url"),
+    ({"backbone": {"backend": "server", "served_name": "ghost"}},
+     "backbone 'ghost': backend 'server' without base_url"),
     ({"backbone": {"batch_invariant": "sometimes"}}, "field 'backbone.batch_invariant'"),
     ({"graph": {"enabled": True}, "execute": {"enabled": True, "memory_mb": 0}}, "field 'execute.memory_mb'"),
     ({"graph": {"enabled": True}, "execute": {"enabled": True, "workers": 0}}, "field 'execute.workers'"),
@@ -124,7 +125,7 @@ def test_bad_vote_configs(tmp_path, config, message):
 
 def test_serve_with_nothing_to_serve(tmp_path):
     cfg = tmp_path / "v.yaml"
-    cfg.write_text("backbone: {kind: engine}\n")
+    cfg.write_text("backbone: {backend: engine}\n")
     r = _run(["serve", "--config", str(cfg)])
     assert r.exit_code == 2 and r.stderr.strip().splitlines() == [
-        f"error: {cfg}: no backbone has kind: server without a base_url, so there is nothing to serve"]
+        f"error: {cfg}: no backbone has backend: server without a base_url, so there is nothing to serve"]

@@ -39,7 +39,7 @@ def test_a_missing_labelled_file_is_named_by_its_flag_and_leaves_nothing(tmp_pat
 
 
 def test_a_server_that_is_not_up_is_found_before_anything_starts(tmp_path):
-    said = _leaves_nothing(tmp_path, {"backbone": {"kind": "server", "served_name": "ghost",
+    said = _leaves_nothing(tmp_path, {"backbone": {"backend": "server", "served_name": "ghost",
                                                    "base_url": "http://127.0.0.1:9/v1"}})
     assert len(said) == 1 and said[0].startswith("error: backbone 'ghost': no server answers at http://127.0.0.1:9/v1")
 

@@ -36,8 +36,8 @@ def test_single_configs_are_the_vote_graph_with_one_backbone():
 
 def test_vote_served_is_the_vote_config_with_servers():
     vote, served = (load_config(ROOT / "configs" / f"{n}.yaml") for n in ("vote", "vote-served"))
-    assert [b.kind for b in served.backbones] == ["server"] * len(vote.backbones)
-    assert [b.model_copy(update={"kind": "engine"}) for b in served.backbones] == vote.backbones
+    assert [b.backend for b in served.backbones] == ["server"] * len(vote.backbones)
+    assert [b.model_copy(update={"backend": "engine"}) for b in served.backbones] == vote.backbones
     assert served.model_dump(exclude={"name", "backbones"}) == vote.model_dump(exclude={"name", "backbones"})
 
 
@@ -121,6 +121,23 @@ def test_a_config_states_what_differs_from_what_it_includes(tmp_path):
     (tmp_path / "gone.yaml").write_text("include: nowhere.yaml\n")
     with pytest.raises(ConfigError, match=r"gone.yaml: include 'nowhere.yaml': no such config file$"):
         load_config(tmp_path / "gone.yaml")
+
+
+def test_a_config_file_may_still_use_a_keys_old_name(tmp_path):
+    """kind -> backend, execute.eliminate -> rule_out, reanswer.eliminate -> drop_rejected."""
+    from core.config import ConfigError
+
+    (tmp_path / "old.yaml").write_text("backbones: [{model: a, kind: server, base_url: 'http://h/v1'}, {model: b}]\n"
+                                       "execute: {eliminate: [compile]}\nreanswer: {eliminate: false}\n"
+                                       "graph: {enabled: true}\n")
+    old = load_config(tmp_path / "old.yaml")
+    assert [b.backend for b in old.backbones] == ["server", "engine"]
+    assert (old.execute.rule_out, old.reanswer.drop_rejected) == (["compile"], False)
+    (tmp_path / "new.yaml").write_text("include: old.yaml\nbackbone: {model: a, backend: engine}\n")
+    assert load_config(tmp_path / "new.yaml").backbone.backend == "engine"
+    (tmp_path / "both.yaml").write_text("backbone: {kind: server, backend: engine}\n")
+    with pytest.raises(ConfigError, match=r"both.yaml: field 'backbone.kind': the old name of 'backend'"):
+        load_config(tmp_path / "both.yaml")
 
 
 def test_no_block_is_pasted_twice():

@@ -67,8 +67,8 @@ def test_which_questions_run_and_in_which_language():
     assert job_for(CONCEPT) is None
     assert "\n#include <iostream>\n" in job_for(CPP_FLAT).sources[0]  # flattened snippets get their lines back
     assert "print(repr(" in job_for(REPL).sources[0]  # a >>> session prints what it shows
-    assert job_for(DOCTESTED).kind == "examples" and len(job_for(DOCTESTED).sources) == 3
-    assert [job_for(q).kind
+    assert job_for(DOCTESTED).check == "examples" and len(job_for(DOCTESTED).sources) == 3
+    assert [job_for(q).check
             for q in (CALLED, IO, COMPILES, PY_BEHAVIOUR)] == ["examples", "examples", "compile", "compile"]
 
 
@@ -93,7 +93,7 @@ def test_a_sandboxed_run_settles_the_option(q, want, tmp_path):
     job = job_for(q)
     if not sandbox.runtimes()[job.language]:
         pytest.skip(f"no {job.language} toolchain here")
-    rs = [sandbox.run(job.language, s, timeout_s=10, check_only=job.kind == "compile", cache_dir=tmp_path)
+    rs = [sandbox.run(job.language, s, timeout_s=10, check_only=job.check == "compile", cache_dir=tmp_path)
           for s in job.sources]
     e = evidence(q, job, rs)
     assert e.settled == want, [(r.status, r.stdout, r.stderr[-500:]) for r in rs]
@@ -135,12 +135,12 @@ def test_hostile_code_in_a_compile_check_or_an_option_body_escapes_nothing(tmp_p
         job = job_for(q)
         if not sandbox.runtimes()[job.language]:
             continue
-        rs = [sandbox.run(job.language, s, check_only=job.kind == "compile", cache_dir=tmp_path / "cache")
+        rs = [sandbox.run(job.language, s, check_only=job.check == "compile", cache_dir=tmp_path / "cache")
               for s in job.sources]
         said = "".join(r.stdout + r.stderr for r in rs)
         assert "424242" not in said and "s3cr3t-token" not in said and not marker.exists()
         if q is reads:
-            assert job.kind == "compile" and rs[0].status == "compile_error"  # the host file is not there
+            assert job.check == "compile" and rs[0].status == "compile_error"  # the host file is not there
         else:
             assert evidence(q, job, rs).consistent == []  # the write failed and no secret came back: nothing passes
 

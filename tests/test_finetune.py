@@ -347,7 +347,7 @@ def test_vllm_answers_with_a_top_layers_adapter_through_a_server_and_merged_in_p
     proc, url = start_server(BackboneConfig(**SMALL | adapter))
     solver = None
     try:
-        solver = Solver(SolverConfig.model_validate({"backbone": SMALL | adapter | {"kind": "server",
+        solver = Solver(SolverConfig.model_validate({"backbone": SMALL | adapter | {"backend": "server",
                                                                                     "base_url": url}}))
         probs["adapter"] = [p.probabilities for p in solver.solve_batch(qs)]
     finally:

@@ -101,7 +101,7 @@ def test_routing_verify_rejects_and_reanswer_decides(tokenizer):
     answered again over the rest; a sure one goes straight to decide. Questions at
     different steps share each step's one call."""
     cfg = config(graph={"enabled": True, "accept": 0.6}, verify={"enabled": True, "accept": 0.5},
-                 reanswer={"enabled": True, "eliminate": True, "weight": 0.5})
+                 reanswer={"enabled": True, "drop_rejected": True, "weight": 0.5})
 
     def script(prompt, options, key):
         if options == VERDICTS:

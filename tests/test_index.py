@@ -157,8 +157,8 @@ def test_neighbours_sorted_above_min_score(ix, stored):
 def test_ivf_and_hnsw_agree_with_flat(ix, stored, vectors, model):
     _, flat = ix.search(vectors, 2)  # each question's nearest other question is at rank 2
     for kind in ("ivf", "hnsw"):
-        approx = Index.from_vectors(stored, vectors, kind=kind, encoder=model)
-        assert approx.manifest["index_kind"] == kind
+        approx = Index.from_vectors(stored, vectors, index_type=kind, encoder=model)
+        assert approx.manifest["index_type"] == kind
         _, got = approx.search(vectors, 2)
         assert (got[:, :2] == flat[:, :2]).all(), kind
         [r] = approx.query([stored[0]], k=1, min_score=-1.0)  # the same API on top
@@ -188,7 +188,7 @@ def test_ivf_and_hnsw_agree_with_flat(ix, stored, vectors, model):
 
 def test_save_load_query_roundtrip(saved, ix, stored):
     m = json.loads((saved / "manifest.json").read_text())
-    assert m["count"] == len(stored) and m["dimension"] == 384 and m["index_kind"] == "flat"
+    assert m["count"] == len(stored) and m["dimension"] == 384 and m["index_type"] == "flat"
     assert m["embedding_model"] == "all-MiniLM-L6-v2" and len(m["data_sha256"]) == 64 and m["faiss_version"]
     assert sorted(p.name for p in saved.iterdir()) == ["index.faiss", "manifest.json", "metadata.jsonl"]
     assert [p.name for p in saved.parent.iterdir() if p.name.startswith(".")] == []  # no temporary left
@@ -280,8 +280,8 @@ def test_bad_build_inputs(tmp_path):
     assert not (tmp_path / "idx").exists()
     _one_line_error(_cli(["index", "build", "--data", str(tmp_path / "none.csv"), "--out", str(tmp_path / "idx")]),
                     "no such file")
-    _one_line_error(_cli(["index", "build", "--data", str(SAMPLE), "--out", str(tmp_path / "idx"), "--kind", "lsh"]),
-                    "not one of")
+    _one_line_error(_cli(["index", "build", "--data", str(SAMPLE), "--out", str(tmp_path / "idx"),
+                          "--index-type", "lsh"]), "not one of")
 
 
 # ---- the shared data: train.csv indexed, test.csv queried ------------------------------

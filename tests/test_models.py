@@ -85,8 +85,8 @@ def test_every_registered_model_has_a_source():
         assert e.name == e.name.casefold() and e.size > 0
         if e.source == "parts":
             assert len(e.sha256) == 64 and e.parts and e.path.endswith(".gguf")
-        if e.kind == "adapter":
-            assert registry.entry(e.base).kind == "llm" and (ROOT / e.path / "adapter_config.json").is_file()
+        if e.role == "adapter":
+            assert registry.entry(e.base).role == "llm" and (ROOT / e.path / "adapter_config.json").is_file()
     assert registry.location(registry.MODELS["smollm2-135m-instruct"]) is not None  # make setup installs it
 
 

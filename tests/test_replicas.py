@@ -21,10 +21,10 @@ def test_replica_of_is_stable_and_spreads():
 
 
 def test_base_url_takes_a_list_of_replicas(tmp_path):
-    assert BackboneConfig(kind="server", base_url="http://a/v1").base_url == "http://a/v1"
-    assert BackboneConfig(kind="server", base_url=["http://a/v1", "http://b/v1"]).base_url == ["http://a/v1", "http://b/v1"]
+    assert BackboneConfig(backend="server", base_url="http://a/v1").base_url == "http://a/v1"
+    assert BackboneConfig(backend="server", base_url=["http://a/v1", "http://b/v1"]).base_url == ["http://a/v1", "http://b/v1"]
     bad = tmp_path / "bad.yaml"
-    bad.write_text("backbone: {kind: server, base_url: []}\n")
+    bad.write_text("backbone: {backend: server, base_url: []}\n")
     with pytest.raises(ConfigError, match="field 'backbone': .*base_url: an empty list names no server"):
         load_config(bad)
 
@@ -32,7 +32,7 @@ def test_base_url_takes_a_list_of_replicas(tmp_path):
 def test_each_question_goes_to_one_replica_and_replies_keep_their_order(monkeypatch):
     """The routing and regrouping alone (no server): a fake replica echoes what it got."""
     urls = ["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1"]
-    bb = ServerBackbone(BackboneConfig(kind="server", base_url=urls))
+    bb = ServerBackbone(BackboneConfig(backend="server", base_url=urls))
     got_by = {}
 
     async def replica(url, prompts, options):
@@ -53,7 +53,7 @@ def test_each_question_goes_to_one_replica_and_replies_keep_their_order(monkeypa
 
 def test_a_dead_replica_is_named():
     urls = [f"http://127.0.0.1:{free_port()}/v1" for _ in range(2)]
-    bb = ServerBackbone(BackboneConfig(kind="server", base_url=urls, served_name="ghost", timeout_s=5))
+    bb = ServerBackbone(BackboneConfig(backend="server", base_url=urls, served_name="ghost", timeout_s=5))
     key = next(k for k in (f"k{i}" for i in range(100)) if replica_of(k, 2) == 1)
     with pytest.raises(BackboneError, match=f"backbone 'ghost' at {urls[1]}"):
         bb.choose(["hello"], [["A", "B"]], [key])
@@ -72,7 +72,7 @@ def test_two_replicas_answer_like_one_server(server, replica, monkeypatch):
     the replica its task_id names, and both replicas served."""
     def solver(base_url):
         return Solver(SolverConfig.model_validate({
-            "backbone": SMALL | {"kind": "server", "base_url": base_url, "batch_invariant": True},
+            "backbone": SMALL | {"backend": "server", "base_url": base_url, "batch_invariant": True},
             "answer": {"orders": 2}, "graph": {"enabled": True}}))
 
     qs = load_questions(SAMPLE).questions[:4]  # both replicas get some (replica_of)

@@ -76,7 +76,7 @@ def test_failed_verification_rejects_the_answer_and_reanswers():
     assert R.verify_update(s, 0.5, c) == {"verdicts": [0.5], "rejected": []}
     assert R.after_verify(s | {"verdicts": [0.5], "rejected": []}, c) == R.DECIDE
     # without elimination and without close neighbours there is nothing to re-answer with
-    assert R.after_verify(s2, cfg(verify={"accept": 0.4}, reanswer={"eliminate": False})) == R.DECIDE
+    assert R.after_verify(s2, cfg(verify={"accept": 0.4}, reanswer={"drop_rejected": False})) == R.DECIDE
 
 
 def test_similarity_floor_gates_examples():
@@ -102,14 +102,14 @@ def test_decide_mixes_the_reanswer_by_weight():
 
 
 def test_a_run_removes_the_options_it_ruled_out_when_told_to():
-    run = {"kind": "compile", "status": "ok", "consistent": ["A", "C", "D"], "settled": None}
+    run = {"check": "compile", "status": "ok", "consistent": ["A", "C", "D"], "settled": None}
     s = state(P, executed=run)
-    assert R.decide(s, cfg(execute={"eliminate": []}))[0] == "B"  # not told: the run only informs the trace
-    letter, final = R.decide(s, cfg(execute={"eliminate": ["compile"]}))
+    assert R.decide(s, cfg(execute={"rule_out": []}))[0] == "B"  # not told: the run only informs the trace
+    letter, final = R.decide(s, cfg(execute={"rule_out": ["compile"]}))
     assert letter == "C" and final["B"] == 0 and abs(final["C"] - 0.5) < 1e-9 and abs(sum(final.values()) - 1) < 1e-9
-    assert R.decide(state(P, executed=run | {"consistent": []}), cfg(execute={"eliminate": ["compile"]}))[0] == "B"
+    assert R.decide(state(P, executed=run | {"consistent": []}), cfg(execute={"rule_out": ["compile"]}))[0] == "B"
     zero = state({"A": 0.0, "B": 1.0, "C": 0.0, "D": 0.0}, executed=run)  # all the mass ruled out: the rest evenly
-    assert R.decide(zero, cfg(execute={"eliminate": ["compile"]}))[1] == {"A": 1 / 3, "B": 0.0, "C": 1 / 3, "D": 1 / 3}
+    assert R.decide(zero, cfg(execute={"rule_out": ["compile"]}))[1] == {"A": 1 / 3, "B": 0.0, "C": 1 / 3, "D": 1 / 3}
 
 
 def test_batcher_makes_one_call_per_step():

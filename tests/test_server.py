@@ -23,7 +23,7 @@ def test_server_answers_like_the_engine(server, engine_solver, monkeypatch, tmp_
     tokens, the engine over the vocabulary, renormalised over the same tokens: equal to
     float32 rounding, 1e-7). An engine that batches is within its dtype's rounding of both."""
     monkeypatch.setenv("MY_KEY", "not-a-secret")  # the key is read from the named variable
-    cfg = SolverConfig.model_validate({"backbone": SMALL | {"kind": "server", "base_url": server,
+    cfg = SolverConfig.model_validate({"backbone": SMALL | {"backend": "server", "base_url": server,
                                                             "api_key_env": "MY_KEY", "batch_invariant": True}})
     solver = Solver(cfg)
     assert solver.backbone.api_key == "not-a-secret"
@@ -46,6 +46,6 @@ def test_server_answers_like_the_engine(server, engine_solver, monkeypatch, tmp_
 
 def test_unreachable_server_is_named():
     url = f"http://127.0.0.1:{free_port()}/v1"
-    bb = ServerBackbone(BackboneConfig(kind="server", base_url=url, served_name="ghost", timeout_s=5))
+    bb = ServerBackbone(BackboneConfig(backend="server", base_url=url, served_name="ghost", timeout_s=5))
     with pytest.raises(BackboneError, match=f"backbone 'ghost' at {url}"):
         bb.choose(["hello"], [["A", "B"]])
