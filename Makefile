@@ -40,6 +40,12 @@ UV       = .venv/bin/uv pip $(1) --python $(PY) --index-strategy unsafe-best-mat
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y bubblewrap; } >>$(SETUP_LOG) 2>&1 \
 	  || echo "setup: bubblewrap not installed (needs root and apt; log: $(SETUP_LOG)); code execution stays off"
+	@# Debian's chromium and its driver: the tests open `solver view`'s page in a real browser
+	@# (tests/test_review.py; without them that test skips and says why).
+	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || { [ "$$(id -u)" = 0 ] && \
+	  command -v apt-get >/dev/null && apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
+	  chromium-driver; } \
+	  >>$(SETUP_LOG) 2>&1 || echo "setup: chromium not installed (needs root and apt); the browser test will skip"
 	@touch $@
 	@echo "setup: done"
 

@@ -74,7 +74,7 @@ def in_split(questions: list[Question], split: str | None) -> list[Question]:
     return list(questions) if split in (None, "all") else [q for q in questions if split_of(q.task_id) == split]
 
 
-def _read_rows(path: Path) -> list[dict]:
+def read_rows(path: Path) -> list[dict]:
     """Raw rows as dicts, whatever the format; encoding and syntax errors carry a row."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
@@ -114,6 +114,27 @@ def _read_rows(path: Path) -> list[dict]:
     raise DataError(f"{path}: unknown format '{suffix}' (use .csv, .jsonl or .parquet)")
 
 
+def rows_bytes(path: Path, rows: list[dict]) -> bytes:
+    """`rows` in the format `path` names (what read_rows reads back): CSV with every column
+    any row has (a list as the Python literal Kaggle's files hold), JSONL, or parquet."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        buf = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(rows), buf)
+        return buf.getvalue().to_pybytes()
+    if suffix in (".jsonl", ".json"):
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=columns)
+    w.writeheader()
+    w.writerows({k: repr(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows)
+    return buf.getvalue().encode()
+
+
 def load_questions(path: str | Path, labelled: bool = False) -> Loaded:
     """Read and validate a questions file.
 
@@ -124,7 +145,7 @@ def load_questions(path: str | Path, labelled: bool = False) -> Loaded:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    rows = _read_rows(path)
+    rows = read_rows(path)
     if not rows:
         raise DataError(f"{path}: no rows")
     missing = [c for c in REQUIRED + (("answer",) if labelled else ()) if c not in rows[0]]

@@ -25,12 +25,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str | bytes) -> None:
     """Write a whole file or nothing: a reader never sees half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("w", encoding="utf-8", newline="") as f:
+    with (tmp.open("wb") if isinstance(text, bytes) else tmp.open("w", encoding="utf-8", newline="")) as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
@@ -105,9 +105,18 @@ def submission_csv(questions: list[Question], preds: dict[str, Prediction]) -> s
     return buf.getvalue()
 
 
-def traces_jsonl(questions: list[Question], preds: dict[str, Prediction]) -> str:
-    return "".join(
-        json.dumps({"task_id": q.task_id, "letter": preds[q.task_id].letter,
-                    "probabilities": preds[q.task_id].probabilities, "trace": preds[q.task_id].trace}) + "\n"
-        for q in questions if q.task_id in preds
+TRACE_FORMAT = 1
+
+
+def traces_jsonl(questions: list[Question], preds: dict[str, Prediction], run: dict) -> str:
+    """A run's trace: a first line `{"run": ...}` (format, config, questions, seconds), then
+    one line per question with what `solver view` shows and `solver learn` needs: the
+    question itself, its label if the input had one, the letter, the final and each voter's
+    probabilities, the cost and every step's record."""
+    head = json.dumps({"run": {"format": TRACE_FORMAT} | run}) + "\n"
+    return head + "".join(
+        json.dumps({"task_id": q.task_id, "question": q.question, "choices": q.choices, "answer": q.answer,
+                    "letter": p.letter, "probabilities": p.probabilities, "votes": p.votes, "failed": p.failed,
+                    "cost": p.cost.model_dump(), "trace": p.trace}) + "\n"
+        for q in questions if (p := preds.get(q.task_id)) is not None
     )

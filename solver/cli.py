@@ -36,6 +36,7 @@ from solver.console import (
     warn,
 )
 from solver.index_cli import app as index_app
+from solver.review_cli import learn, view
 from solver.runner import answer_all, fingerprint, score
 
 LABELLED = typer.Option(None, "--labelled", "-l", help="Your solved questions (CSV, JSONL or parquet, with answers): "
@@ -43,6 +44,8 @@ LABELLED = typer.Option(None, "--labelled", "-l", help="Your solved questions (C
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Engine and library logs here, not in the cache's logs/.")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 app.add_typer(index_app, name="index")
+app.command()(view)
+app.command()(learn)
 
 
 @app.callback()
@@ -97,13 +100,22 @@ def _solve(config, data: Path, questions, journal_path: Path, quiet: bool):
     return preds, stats, fresh, secs
 
 
+TRACE = typer.Option(None, "--trace", help="Write each question's trace (JSONL; solver view makes it a report).")
+
+
+def _write_trace(path: Path, cfg, data: Path, questions, preds, fresh: int, secs: float) -> None:
+    run = {"config": cfg.name, "input": str(data), "questions": len(questions), "fresh": fresh,
+           "seconds": round(secs, 3)}
+    atomic_write(path, traces_jsonl(questions, preds, run))
+
+
 @app.command()
 def run(
     input: Path = typer.Option(..., "--input", "-i", help="Questions: Kaggle CSV, JSONL or parquet."),
     output: Path = typer.Option(..., "--output", "-o", help="Submission CSV (task_id,answer)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Solver YAML config."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Answer only the first N questions."),
-    trace: Optional[Path] = typer.Option(None, "--trace", help="Write each question's trace (JSONL)."),
+    trace: Optional[Path] = TRACE,
     labelled: Optional[Path] = LABELLED,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = VERBOSE,
@@ -115,7 +127,7 @@ def run(
         preds, stats, fresh, secs = _solve(cfg, input, questions, _journal_path(output), quiet)
         unread = [q.task_id for q in questions if not preds[q.task_id].read]
         if trace:
-            atomic_write(trace, traces_jsonl(questions, preds))
+            _write_trace(trace, cfg, input, questions, preds, fresh, secs)
         if unread:
             fail(f"{len(unread)} answers could not be read (first: {unread[0]}); answered ones are journaled, "
                  "run again to retry", 1)
@@ -139,6 +151,7 @@ def evaluate(
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N questions."),
     split: str = typer.Option("all", "--split", help="all, or the fixed hash split: train, dev or test."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON (resumable beside it)."),
+    trace: Optional[Path] = TRACE,
     labelled: Optional[Path] = LABELLED,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = VERBOSE,
@@ -164,8 +177,14 @@ def evaluate(
                   f"({m['unread']} unread, {m['truncated']} cut{skipped_note(loaded)})", highlight=False)
         for g, v in m["groups"].items():
             out.print(f"  {g:>20}: {v['accuracy']:.4f} ({v['count']})", highlight=False)
+        if (d := m["doubt"])["auroc"] is not None:
+            out.print(f"doubt: {d['wrong_among_doubtful']:.0%} wrong among the {d['doubtful']} most doubtful "
+                      f"(10%; {d['error_rate']:.0%} in all); AUROC of confidence vs correct {d['auroc']:.3f}",
+                      highlight=False)
         if m["questions_per_s"]:
             out.print(f"{m['questions_per_s']:.2f} questions/s {_ran_on(cfg)}", highlight=False)
+        if trace:
+            _write_trace(trace, cfg, data, questions, preds, fresh, secs)
         if json_out:
             atomic_write(json_out, json.dumps(m, indent=2) + "\n")
         log_note()

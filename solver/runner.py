@@ -8,6 +8,7 @@ the final answers are the same.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -84,6 +85,34 @@ def score(questions: list[Question], preds: dict[str, Prediction]) -> dict:
         right[q.group] += p.letter == q.answer
     n, k = sum(total.values()), sum(right.values())
     groups = {g: {"accuracy": right[g] / total[g], "count": total[g]} for g in sorted(total)}
+    doubt = doubt_ranking([confidence(preds[q.task_id]) for q in questions],
+                          [preds[q.task_id].letter == q.answer for q in questions])
     return {"accuracy": k / n if n else 0.0, "interval95": wilson(k, n), "count": n, "correct": k,
-            "unread": unread, "groups": groups}
+            "unread": unread, "groups": groups, "doubt": doubt}
+
+
+def confidence(p: Prediction) -> float:
+    """The final probability of the letter given; an unread answer has none."""
+    return p.probabilities.get(p.letter, 0.0) if p.read else 0.0
+
+
+def doubt_ranking(confidences: list[float], right: list[bool], share: float = 0.1) -> dict:
+    """How well the doubt (low confidence) ranks the errors: the share of wrong answers among
+    the `share` most doubtful (ties in input order; the base rate is the run's error rate),
+    and the area under the ROC curve of confidence against correctness (0.5: no better than
+    chance; None where all are right or all wrong)."""
+    n = len(right)
+    if not n:
+        return {"doubtful": 0, "wrong_among_doubtful": None, "error_rate": None, "auroc": None}
+    order = sorted(range(n), key=lambda i: confidences[i])  # stable: ties keep the input order
+    doubtful = order[: max(1, math.ceil(share * n))]
+    wrong = sum(not right[i] for i in doubtful) / len(doubtful)
+    good, bad = [c for c, r in zip(confidences, right) if r], [c for c, r in zip(confidences, right) if not r]
+    auroc = None
+    if good and bad:
+        from scipy.stats import mannwhitneyu
+
+        auroc = float(mannwhitneyu(good, bad).statistic) / (len(good) * len(bad))  # ties count one half
+    return {"doubtful": len(doubtful), "wrong_among_doubtful": wrong, "error_rate": sum(not r for r in right) / n,
+            "auroc": auroc}
 

@@ -35,7 +35,9 @@ def test_server_answers_like_the_engine(server, engine_solver, monkeypatch, tmp_
     r = subprocess.run(run_cmd(SAMPLE, tmp_path / "out.csv", config) + ["--limit", "6", "--trace", str(trace)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    engine = [json.loads(line)["trace"][0]["probabilities"] for line in trace.read_text().splitlines()]
+    head, *lines = trace.read_text().splitlines()
+    assert json.loads(head)["run"]["questions"] == 6
+    engine = [json.loads(line)["trace"][0]["probabilities"] for line in lines]
     tol = PROB_TOL[engine_solver.backbone.dtype]
     for s, e, local_e, q in zip(served, engine, local, qs):
         assert s.letter in q.letters and math.isclose(sum(s.probabilities.values()), 1.0, abs_tol=1e-6)
