@@ -74,6 +74,22 @@ def in_split(questions: list[Question], split: str | None) -> list[Question]:
     return list(questions) if split in (None, "all") else [q for q in questions if split_of(q.task_id) == split]
 
 
+def json_lines(path: Path, text: str) -> list[tuple[int, dict]]:
+    """(line number, object) of each non-blank JSONL line; anything else is one line naming the row."""
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: row {i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: row {i}: not a JSON object")
+        rows.append((i, row))
+    return rows
+
+
 def read_rows(path: Path) -> list[dict]:
     """Raw rows as dicts, whatever the format; encoding and syntax errors carry a row."""
     suffix = path.suffix.lower()
@@ -91,18 +107,7 @@ def read_rows(path: Path) -> list[dict]:
         line = data[: e.start].count(b"\n") + 1
         raise DataError(f"{path}: line {line}: bytes that are not UTF-8 (offset {e.start})") from None
     if suffix in (".jsonl", ".json"):
-        rows = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: row {i}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}: row {i}: not a JSON object")
-            rows.append(row)
-        return rows
+        return [row for _, row in json_lines(path, text)]
     if suffix == ".csv":
         # Any field the file holds: a question may carry megabytes of code (the prompt cuts
         # it to fit the context); the csv module's default limit (128 KiB) refuses the row.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from core.data import DataError, load_questions
+from core.data import DataError, json_lines, load_questions
 from core.types import Prediction, Question
 from execution.recognise import KINDS, kind_of
 from solver.runner import confidence, doubt_ranking, wilson
@@ -37,16 +37,8 @@ def read_trace(path: Path) -> Trace:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     run, questions, preds = {}, [], {}
-    for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
+    for i, rec in json_lines(path, path.read_text(encoding="utf-8", errors="replace")):
         where = f"{path}: row {i}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg}); a trace is what --trace writes") from None
-        if not isinstance(rec, dict):
-            raise DataError(f"{where}: not a JSON object; a trace is what --trace writes")
         if i == 1 and isinstance(rec.get("run"), dict):
             run = rec["run"]
             continue
