@@ -211,7 +211,8 @@ def render(trace: Trace, labels: dict[str, str], source: str) -> tuple[str, dict
     # an input file can close the element; the page's script renders it as text, never as HTML.
     data = json.dumps(rows, ensure_ascii=False).replace("<", "\\u003c")
     page = env.get_template("report.html").render(s=s, plots=plots(rows, s), data=data, source=source,
-                                                  kinds=[k for k in KINDS if any(r["kind"] == k for r in rows)])
+                                                  kinds=[k for k in KINDS if any(r["kind"] == k for r in rows)],
+                                                  steps=list(s["by"]))
     return page, s
 
 

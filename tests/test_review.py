@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from core.config import load_config, with_labelled
 from core.data import load_questions, read_rows
 from core.journal import traces_jsonl
-from core.types import Prediction
+from core.types import Prediction, Question
 from solver.runner import doubt_ranking
 from tests.helpers import ROOT, SAMPLE
 
@@ -199,3 +199,49 @@ def test_a_correction_in_the_page_reaches_the_next_run(engine_solver, tmp_path):
     want = copy.letters[copy.choices.index(target.choices[target.letters.index(fixed)])]
     assert (again.letter, decide["by"]) == (want, "duplicate")
     assert os.path.getsize(tmp_path / "report.png") > 10_000
+
+
+RESULTS = sorted((ROOT / "eval" / "results" / "view").glob("*.trace.jsonl"))
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=[p.name for p in RESULTS])
+def test_a_full_runs_report_opens_with_its_plots_and_filters(path, tmp_path):
+    """A committed 550-question run's report (eval/results/view/) in chromium: its three plots
+    are drawn, every row is there most doubtful first, and each filter shows the rows the trace
+    itself says (kind of question, wrong answers, deciding step)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from execution.recognise import kind_of
+
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    recs = [r for r in lines if "task_id" in r]
+    kinds = [kind_of(Question(task_id=r["task_id"], question=r["question"], choices=r["choices"])) for r in recs]
+    by = [next((t["by"] for t in r["trace"] if t.get("step") == "decide"), None)
+          or ("unread" if r["letter"] is None else "rules") for r in recs]
+    wrong = sum(r["letter"] != r["answer"] for r in recs)
+    report = tmp_path / "report.html"
+    r = _cli(["view", path, "--out", report])
+    assert r.exit_code == 0, r.output
+    d = _browser(tmp_path)
+    try:
+        d.get(report.as_uri())
+        figures = d.find_elements(By.CSS_SELECTOR, ".plots figure")
+        assert [len(f.find_elements(By.TAG_NAME, "svg")) for f in figures] == [1, 1, 1]
+        cells = "return [...document.querySelectorAll('#rows tr.row')].map(tr => tr.children[ARG].textContent)"
+        conf = [float(x) for x in d.execute_script(cells.replace("ARG", "4"))]
+        assert len(conf) == len(recs) >= 500 and conf == sorted(conf)
+        shown = lambda: len(d.find_elements(By.CSS_SELECTOR, "#rows tr.row"))  # noqa: E731
+        for kind in sorted(set(kinds)):
+            Select(d.find_element(By.ID, "kind")).select_by_visible_text(kind)
+            assert shown() == kinds.count(kind), kind
+        Select(d.find_element(By.ID, "kind")).select_by_index(0)
+        Select(d.find_element(By.ID, "right")).select_by_value("wrong")
+        assert shown() == wrong and set(d.execute_script(cells.replace("ARG", "2"))) <= set("ABCDEFGHIJ")
+        assert d.find_element(By.ID, "shown").text == f"{wrong} of {len(recs)} shown"
+        Select(d.find_element(By.ID, "right")).select_by_index(0)
+        for step in sorted(set(by)):
+            Select(d.find_element(By.ID, "by")).select_by_visible_text(step)
+            assert shown() == by.count(step), step
+    finally:
+        d.quit()
